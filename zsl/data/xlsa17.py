@@ -167,11 +167,11 @@ def _finite(feats: np.ndarray, path: Path) -> np.ndarray:
 
 def _integer_vector(arr: np.ndarray, path: Path, name: str) -> np.ndarray:
     """A numeric N x 1 (or 1 x N) array of whole numbers as an int64 vector [N]."""
+    if arr.size == 0:
+        raise UserError(f"{path}: '{name}' is empty: use a file that lists at least one image.")
     if not np.issubdtype(arr.dtype, np.number) or (arr.ndim == 2 and min(arr.shape) != 1) or arr.ndim > 2:
         raise UserError(f"{path}: '{name}' must be a numeric n x 1 vector, got shape {arr.shape}: use the original file.")
     flat = arr.reshape(-1)
-    if flat.size == 0:
-        raise UserError(f"{path}: '{name}' is empty: use a file that lists at least one image.")
     as_int = flat.astype(np.int64)
     if not np.array_equal(as_int, flat):
         raise UserError(f"{path}: '{name}' contains non-integer values: it must hold whole 1-based numbers.")

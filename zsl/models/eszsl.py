@@ -33,7 +33,7 @@ class Config:
     """ESZSL hyperparameters (search gamma and lam on a log scale)."""
 
     gamma: float = 1.0           # regulariser on the feature side (> 0)
-    lam: float = 1.0             # regulariser on the embedding side (> 0)
+    lam: float = 0.1             # regulariser on the embedding side (> 0)
     epochs: int = 1              # closed_form: repeats of the solve; gradient: epochs of steps_per_epoch steps
     solver: str = "closed_form"  # "closed_form" | "gradient"
     lr: float = 1.0              # gradient solver: step size as a fraction of 1/L (0 < lr < 2)
@@ -85,8 +85,10 @@ class ESZSL:
         y = -torch.ones(x.shape[0], seen.numel(), **f64)
         y[torch.arange(x.shape[0], device=self.device), y_idx] = 1.0                    # [N, Z] in {-1, +1}
         s = self.emb[seen]                                                              # [Z, A]
-        self._x, self._y, self._s = x, y, s
         self._xtx, self._xtys, self._sts = x.T @ x, x.T @ y @ s, s.T @ s
+        self._left = self._xtx + self.cfg.gamma * torch.eye(x.shape[1], **f64)          # XᵀX + γI
+        self._right = self._sts + self.cfg.lam * torch.eye(s.shape[1], **f64)           # SᵀS + λI
+        self._yy, self._n = float(y.numel()), x.shape[0]                                # ‖Y‖² (entries ±1), N
         self.v = torch.zeros(x.shape[1], s.shape[1], **f64)                            # [R, A]
         self._v_prev = self.v.clone()
         self._momentum_t = 1.0
@@ -106,13 +108,12 @@ class ESZSL:
         else:
             self._gradient_steps(self.cfg.steps_per_epoch)
         self.epoch += 1
-        loss = objective(self._x, self._y, self._s, self.v, self.cfg.gamma, self.cfg.lam) / self._x.shape[0]
+        loss = ((self._left @ self.v @ self._right - 2.0 * self._xtys) * self.v).sum() + self._yy  # = L(V), Gram form
+        loss = loss / self._n
         return {"loss": float(loss.item()), "time_s": time.perf_counter() - start, "stage": "eszsl"}
 
     def _gradient_steps(self, steps: int) -> None:
-        eye_x = self.cfg.gamma * torch.eye(self._xtx.shape[0], dtype=self._xtx.dtype, device=self.device)
-        eye_s = self.cfg.lam * torch.eye(self._sts.shape[0], dtype=self._sts.dtype, device=self.device)
-        left, right = self._xtx + eye_x, self._sts + eye_s
+        left, right = self._left, self._right
         t = self._momentum_t
         for _ in range(steps):
             t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
