@@ -12,6 +12,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from zsl import train
+from zsl.models import make_config
 from zsl.models.eszsl import ESZSL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,3 +161,15 @@ def test_config_file_precedence_and_yaml_values(tmp_path):
     assert spec.config["epochs"] == 7        # --epochs over everything
     assert spec.config["solver"] == "gradient"  # from the preset
     assert train.parse_sets(["a=1e-3", "b=true", "c=[1, 2]", "d=V"]) == {"a": 1e-3, "b": True, "c": [1, 2], "d": "V"}
+
+
+def test_epochs_rule_prefers_the_models_with_epochs(monkeypatch):
+    class TwoStage(ESZSL):
+        @classmethod
+        def with_epochs(cls, config, n):
+            return {**config, "epochs": 2 * n}
+
+    config = make_config("eszsl", None, "sim-CUB")
+    assert train.with_epochs("eszsl", config, 3)["epochs"] == 3  # no rule: the 'epochs' field
+    monkeypatch.setattr(train, "get_model", lambda name: TwoStage)
+    assert train.with_epochs("eszsl", config, 3)["epochs"] == 6  # the class's rule decides

@@ -268,15 +268,17 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
     from zsl.data import load_dataset
 
     started = time.perf_counter()
+    state = None
+    if resume:  # checked before the (possibly slow) data loading
+        state = load_checkpoint(out)
+        check_resume_spec(state.get("spec", {}), spec, out)
     data = load_dataset(spec.dataset, spec.data_root, spec.protocol, seed=spec.data_seed, scale=spec.scale)
     print(f"data: {data.label}: {len(data.train_y)} train, {len(data.eval_seen_y)} eval-seen, "
           f"{len(data.eval_unseen_y)} eval-unseen rows, {data.feature_dim}-d features", flush=True)
     torch.manual_seed(spec.seed)
     model = get_model(spec.model)(spec.config, data, device, spec.seed)
     history: list[dict] = []
-    if resume:
-        state = load_checkpoint(out)
-        check_resume_spec(state.get("spec", {}), spec, out)
+    if state is not None:
         model.load_state_dict(state["model"])
         history = list(state["history"])
         print(f"resumed from {out / 'checkpoint.pt'} after epoch {model.epoch}", flush=True)
