@@ -322,6 +322,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
         "wall_seconds": time.perf_counter() - started,
     })
     print(final_table(spec, data, final, model.epoch))
+    print(f"outputs in {out} (config.yaml, results.json, checkpoint.pt); tensorboard --logdir {out / TB_DIR}")
     return final
 
 
