@@ -62,7 +62,7 @@ COUNTS = {  # real xlsa17: (seen, unseen, val classes among seen)
     "AWA2": (40, 10, 13), "CUB": (150, 50, 50), "SUN": (645, 72, 65),
 }
 HIDDEN, LATENT = 128, 32
-RESIDUAL, IMAGE_NOISE, VIEW_NOISE = 0.3, 0.4, 0.3
+RESIDUAL, IMAGE_NOISE, VIEW_NOISE = 0.6, 0.7, 0.3
 NONLINEAR, GAIN = 1.0, 2.0
 FEATURE_DIM = {"small": 64, "full": 2048}
 
