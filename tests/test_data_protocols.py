@@ -12,8 +12,8 @@ from zsl.data.scaling import apply_minmax, fit_minmax
 REAL_COUNTS = {"AWA2": (10, 13, 50), "CUB": (50, 50, 200), "SUN": (72, 65, 717)}   # unseen, val, K
 
 
-def _assert_validation_clean(labels, locs, seed):
-    split = make_split(labels, locs, "validation", seed)
+def _assert_validation_clean(labels, locs, seed, percent_positions=None):
+    split = make_split(labels, locs, "validation", seed, percent_positions)
     test = np.union1d(locs["test_seen_loc"], locs["test_unseen_loc"])
     used = np.concatenate([split.train, split.eval_seen, split.eval_unseen])
     assert np.isin(used, locs["trainval_loc"]).all()
@@ -39,6 +39,9 @@ def test_validation_protocol_never_touches_test_images_real_splits(dataset):
 def test_validation_protocol_never_touches_test_images_sims(name, sim_cache):
     raw = read_named(name, cache_dir=sim_cache)
     _assert_validation_clean(raw.labels, raw.locs, seed=0)
+    raw = read_named(name, cache_dir=sim_cache, split_percent=30)
+    split = _assert_validation_clean(raw.labels, raw.locs, seed=0, percent_positions=raw.percent_positions)
+    assert np.isin(split.train, raw.locs["trainval_loc"][raw.percent_positions]).all()
 
 
 def test_final_and_reference_use_xlsa17_sets():
