@@ -141,12 +141,18 @@ def test_bad_config_file_is_one_line_exit_2(make, tmp_path, capsys):
     assert err.count("\n") == 0 and "--config" in err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_cuda_without_gpu_exits_2_in_a_real_process(tmp_path):
-    proc = run_cli(*FAST, "--device", "cuda", "--out", str(tmp_path / "out"))
+def test_user_error_in_a_real_process_is_one_line_exit_2():
+    proc = run_cli("--model", "nope", "--dataset", "sim-CUB")
     assert proc.returncode == 2
-    assert "--device cuda" in proc.stderr and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.strip().count("\n") == 0 and "unknown model 'nope'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_exits_2(tmp_path, capsys):
+    assert train.main([*FAST, "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device cuda" in err and err.count("\n") == 0
 
 
 def test_config_file_precedence_and_yaml_values(tmp_path):

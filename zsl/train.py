@@ -36,13 +36,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
 from zsl.errors import EXIT_USER_ERROR, UserError
 from zsl.models import base_dataset_name, get_model, make_config, validate_config
-from zsl.runlog import RunLog, numeric_items
+
+# torch, tensorboard and the data layer are imported where used, so that flag errors and --help are instant.
+if TYPE_CHECKING:
+    import torch
 
 PROTOCOLS = ("validation", "final", "reference")
 CONFIG_FILE_KEYS = ("model", "preset", "dataset", "config", "per_dataset")
@@ -161,6 +164,8 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
 
 def resolve_device(name: str | None) -> torch.device:
     """cpu | cuda | cuda:N (default: cuda when available, else cpu); UserError if unusable here."""
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -205,6 +210,8 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(out: Path, spec: RunSpec, model, history: list[dict]) -> None:
+    import torch
+
     state = {"format": CHECKPOINT_FORMAT, "spec": asdict(spec), "epoch": model.epoch,
              "model": model.state_dict(), "history": history}
     atomic_write(out / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
@@ -212,6 +219,8 @@ def save_checkpoint(out: Path, spec: RunSpec, model, history: list[dict]) -> Non
 
 def load_checkpoint(out: Path) -> dict:
     """The checkpoint in ``out`` (tensors on CPU); weights_only unless the model stored other objects."""
+    import torch
+
     path = out / "checkpoint.pt"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -245,6 +254,8 @@ def write_json(path: Path, doc: dict) -> None:
 # ---------------------------------------------------------------- the run
 
 def format_numbers(values: dict) -> str:
+    from zsl.runlog import numeric_items
+
     return " ".join(f"{k}={v:.4g}" for k, v in numeric_items(values).items())
 
 
@@ -263,9 +274,11 @@ def final_table(spec: RunSpec, data, metrics: dict, epochs: int) -> str:
 def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, checkpoint_every: int,
               resume: bool) -> dict:
     """Load data, build the model, train all epochs with evaluations, write out/; returns final metrics."""
+    import torch
     from tqdm import tqdm
 
     from zsl.data import load_dataset
+    from zsl.runlog import RunLog
 
     started = time.perf_counter()
     state = None
