@@ -10,6 +10,15 @@ from zsl.metrics import harmonic_mean
 DIM = 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP hand-offs that dominate on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _points(centres: torch.Tensor, labels: list[int], n: int, noise: float, seed: int):
     """n rows per label around centres[label] (+ Gaussian noise): (x [len(labels)*n, DIM], y)."""
     g = torch.Generator().manual_seed(seed)

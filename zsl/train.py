@@ -253,6 +253,13 @@ def write_json(path: Path, doc: dict) -> None:
 
 # ---------------------------------------------------------------- the run
 
+def plain(metrics: dict) -> dict:
+    """Numbers as floats and strings kept (JSON- and weights_only-safe); other values dropped."""
+    from zsl.runlog import numeric_items
+
+    return {**{k: v for k, v in metrics.items() if isinstance(v, str)}, **numeric_items(metrics)}
+
+
 def format_numbers(values: dict) -> str:
     from zsl.runlog import numeric_items
 
@@ -314,7 +321,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
             log.train(epoch, stats)
             line = f"epoch {epoch}/{total} [{stage or 'train'}] {format_numbers(stats)}"
             if epoch % eval_every == 0 or epoch == total:
-                metrics = model.evaluate()
+                metrics = plain(model.evaluate())
                 log.evaluation(epoch, metrics)
                 history.append({"epoch": epoch, **metrics})
                 line += " | " + format_numbers({k: metrics[k] for k in metrics if k in METRIC_KEYS})
@@ -322,7 +329,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
             if epoch % checkpoint_every == 0 or epoch == total:
                 save_checkpoint(out, spec, model, history)
         if not history or history[-1]["epoch"] != model.epoch:  # e.g. resumed after the last epoch
-            history.append({"epoch": model.epoch, **model.evaluate()})
+            history.append({"epoch": model.epoch, **plain(model.evaluate())})
     finally:
         if bar is not None:
             bar.close()
