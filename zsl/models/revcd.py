@@ -360,6 +360,7 @@ class RevCD:
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,
+            "seed": self.seed,
             "net": self.net.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
             "opt": self.opt.state_dict(),
@@ -371,7 +372,7 @@ class RevCD:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
+        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
         self.net.load_state_dict(state["net"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
