@@ -121,3 +121,39 @@ def test_presets_resolve_for_every_dataset():
             assert cfg["sample_steps"] <= cfg["timesteps"]
     paper = {d: make_config("revcd", "paper", d) for d in ("AWA2", "CUB", "SUN")}
     assert paper["AWA2"]["lambda_cls"] < paper["CUB"]["lambda_cls"]  # spec §5: AWA2 prefers a small λ3
+
+
+def test_learns_zero_shot_transfer_on_toy_data():
+    """Simulated linear toy problem, 20 classes (5 unseen, ZSL chance 20 %); measured ZSL ≈ 71 %, S ≈ 92 %."""
+    data = toy_data(n_classes=20, n_unseen=5, per_class=30, seed=1)
+    cfg = {**TINY, "epochs": 10, "timesteps": 100, "sample_steps": 20, "hidden": 64, "vis_dim": 32}
+    model = RevCD(cfg, data, "cpu", seed=0)
+    first = model.train_epoch()["loss_rec"]
+    last = [model.train_epoch() for _ in range(9)][-1]["loss_rec"]
+    assert last < 0.7 * first
+    metrics = model.evaluate()
+    assert metrics["ZSL"] > 45.0      # > 2× chance
+    assert metrics["S"] > 60.0        # seen classes among all 20: chance 5 %
+
+
+@pytest.mark.slow
+def test_small_preset_on_sim_awa2_against_eszsl(tmp_path):
+    """sim-AWA2 (simulated), validation protocol, preset small vs ESZSL's closed form.
+
+    Measured (seed 0): RevCD ZSL ≈ 52 %, GZSL S ≈ 95 / U ≈ 1 (seen-biased, like the paper's AWA2 U);
+    ESZSL ZSL ≈ 60 %, S 98 / U 26.  Chance ZSL is 1/13 ≈ 7.7 %.
+    """
+    from zsl.data import load_dataset
+    from zsl.models import get_model
+
+    data = load_dataset("sim-AWA2", protocol="validation", seed=0, cache_dir=tmp_path)
+    model = RevCD(make_config("revcd", "small", "sim-AWA2"), data, "cpu", seed=0)
+    for _ in range(model.epochs_total):
+        model.train_epoch()
+    revcd = model.evaluate()
+    eszsl = get_model("eszsl")(make_config("eszsl", "default", "sim-AWA2"), data, "cpu", 0)
+    eszsl.train_epoch()
+    base = eszsl.evaluate()
+    print(f"sim-AWA2 (simulated) RevCD {revcd} ESZSL {base}")
+    assert revcd["ZSL"] > 3 * 100 / 13
+    assert revcd["ZSL"] > 0.6 * base["ZSL"]
