@@ -157,3 +157,14 @@ def test_small_preset_on_sim_awa2_against_eszsl(tmp_path):
     print(f"sim-AWA2 (simulated) RevCD {revcd} ESZSL {base}")
     assert revcd["ZSL"] > 3 * 100 / 13
     assert revcd["ZSL"] > 0.6 * base["ZSL"]
+
+
+@pytest.mark.parametrize("variant", [
+    {"fusion": "concat"}, {"fusion": "add", "mult_offset": True}, {"null_cond": "zero_input", "classifier": "cosine"},
+    {"snr_clamp": 5.0, "beta_schedule": "cosine", "lr_schedule": "constant"},
+    {"sampler": "ddpm", "ddpm_sigma": "beta_tilde", "samples_per_image": 3, "clip_x0": True, "sample_batch": 7},
+])
+def test_option_variants_train_and_evaluate(variant):
+    model = RevCD({**TINY, "epochs": 1, **variant}, toy_data(per_class=8), "cpu", seed=0)
+    assert np.isfinite(model.train_epoch()["loss"])
+    assert 0.0 <= model.evaluate()["ZSL"] <= 100.0

@@ -143,3 +143,30 @@ def test_cosine_nearest_hand_data():
     assert cosine_nearest(queries, protos).tolist() == [0, 1, 2, 2]
     # an offset of 0.5 on prototype 2's distance (calibration) moves [1, 0.9] (dist ≈ 0.0014 vs 0.26) to 0
     assert cosine_nearest(queries, protos, torch.tensor([0.0, 0.0, 0.5])).tolist() == [0, 1, 0, 0]
+
+
+def _hand_block(role, fusion="cross", offset=False):
+    """A CondBlock whose Linear is the identity, τ = [2, 3], c = [1, −10], BatchNorm the identity."""
+    from zsl.models.revcd_nets import CondBlock
+
+    block = CondBlock(2, 2, time_dim=2, cond_dim=2, dropout=0.5, role=role, fusion=fusion, offset=offset).eval()
+    with torch.no_grad():
+        block.lin.weight.copy_(torch.eye(2, block.lin.in_features))
+        block.lin.bias.zero_()
+        for proj, bias in ((block.time_proj, [2.0, 3.0]), (block.cond_proj, [1.0, -10.0])):
+            proj.weight.zero_()
+            proj.bias.copy_(torch.tensor(bias))
+    block.bn.eps = 0.0
+    return block
+
+
+def test_cross_hadamard_addition_conditioning_by_hand():
+    h, temb, cond = torch.tensor([[1.0, -2.0]]), torch.zeros(1, 2), torch.zeros(1, 2)
+    # encoder: relu(h·τ + c) = relu([1·2 + 1, −2·3 − 10]) = [3, 0]
+    assert _hand_block("encoder")(h, temb, cond).tolist() == [[3.0, 0.0]]
+    # decoder: relu(h·c + τ) = relu([1·1 + 2, −2·(−10) + 3]) = [3, 23]
+    assert _hand_block("decoder")(h, temb, cond).tolist() == [[3.0, 23.0]]
+    # offset multiplier: relu(h·(1 + τ) + c) = relu([4, −18]) = [4, 0]
+    assert _hand_block("encoder", offset=True)(h, temb, cond).tolist() == [[4.0, 0.0]]
+    # additive ablation: relu(h + τ + c) = relu([4, −9]) = [4, 0]
+    assert _hand_block("encoder", fusion="add")(h, temb, cond).tolist() == [[4.0, 0.0]]

@@ -43,7 +43,7 @@ class Config:
     dropout: float = 0.1           # [X] dropout in the U-Net blocks
     time_dim: int = 128            # [X] sinusoidal embedding size d (even)
     time_mlp: bool = True          # [X] SiLU MLP on the time embedding before the per-layer projections
-    fusion: str = "cross"          # cross: encoder h*tau+c, decoder h*c+tau (§3.3.1) | add: h+tau+c (§4.0.2 ablation)
+    fusion: str = "cross"          # cross: encoder h*tau+c, decoder h*c+tau (§3.3.1) | ablations (§4.0.2): add (h+tau+c), concat ([h,t]->Linear, +c)
     mult_offset: bool = False      # deviation: multiply by (1 + projection) instead of the projection
     vis_tokens: int = 16           # [X] K tokens the pooled feature is cut into
     vis_dim: int = 256             # [X] Transformer d_model
@@ -83,7 +83,7 @@ _CHOICES = {
     "sem_norm": ("minmax_dim", "global_max", "raw"),
     "visual_norm": ("none", "minmax", "l2"),
     "beta_schedule": ddpm.BETA_SCHEDULES,
-    "fusion": ("cross", "add"),
+    "fusion": ("cross", "add", "concat"),
     "null_cond": ("learned", "zero_input"),
     "classifier": ("linear", "cosine"),
     "lr_schedule": ("cosine", "constant"),

@@ -58,14 +58,15 @@ class CondBlock(nn.Module):
     time embedding (τ) and of the visual code (c) to this layer's width.
 
     ``role`` "encoder": h·τ + c (time multiplies, vision adds); "decoder": h·c + τ.
-    ``fusion`` "cross" is that rule; "add" is h + τ + c (the additive reading of the paper's §4.0.2).
+    ``fusion`` "cross" is that rule; the readings of the paper's §4.0.2 ("concatenated and added"):
+    "add" is h + τ + c, "concat" feeds [h, t_emb] to the Linear and adds c afterwards.
     ``offset``: use (1 + projection) as the multiplier (a stability deviation).
     """
 
     def __init__(self, d_in: int, d_out: int, time_dim: int, cond_dim: int, dropout: float,
                  role: str, fusion: str, offset: bool):
         super().__init__()
-        self.lin = nn.Linear(d_in, d_out)
+        self.lin = nn.Linear(d_in + (time_dim if fusion == "concat" else 0), d_out)
         self.time_proj = nn.Linear(time_dim, d_out)
         self.cond_proj = nn.Linear(cond_dim, d_out)
         self.bn = nn.BatchNorm1d(d_out)
@@ -73,11 +74,13 @@ class CondBlock(nn.Module):
         self.role, self.fusion, self.offset = role, fusion, offset
 
     def forward(self, h, temb, cond, skip=None):
-        h = self.lin(h)
+        h = self.lin(torch.cat([h, temb], 1) if self.fusion == "concat" else h)
         if skip is not None:
             h = h + skip
         tau, c = self.time_proj(temb), self.cond_proj(cond)
-        if self.fusion == "add":
+        if self.fusion == "concat":
+            h = h + c
+        elif self.fusion == "add":
             h = h + tau + c
         else:
             mult, add = (tau, c) if self.role == "encoder" else (c, tau)
