@@ -168,7 +168,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the AWA2 row counts (default 1.0)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 leaves torch's default)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="data seed; classifier seeds are 1000 + seed, ... (never the data's stream)")
+    parser.add_argument("--seeds", type=int, default=1, help="classifier seeds per implementation (default 1)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -179,28 +180,35 @@ def main() -> None:
           f"synthetic unseen rows, {p.train_x.shape[1]}-d, {epochs} epochs, device {args.device}, "
           f"{torch.get_num_threads()} CPU threads; random class-structured data (not a benchmark)")
 
-    def ours(batch: int, selection: str):
+    def ours(batch: int, selection: str, seed: int):
         cfg = ClassifierConfig(epochs=epochs, batch_size=batch, selection=selection)
-        gen = torch.Generator(device=args.device).manual_seed(args.seed)
+        gen = torch.Generator(device=args.device).manual_seed(seed)
         return gzsl_evaluate(train_x=p.train_x, train_y=p.train_y, syn_x=p.syn_x, syn_y=p.syn_y,
                              eval_seen_x=p.eval_seen_x, eval_seen_y=p.eval_seen_y, eval_unseen_x=p.eval_unseen_x,
                              eval_unseen_y=p.eval_unseen_y, seen_classes=p.seen, unseen_classes=p.unseen,
                              n_classes=p.n_classes, cfg=cfg, generator=gen)
 
+    def reference(seed: int):
+        return dict(zip("SUH", ReferenceStyleClassifier(p, 1e-3, 0.5, syn_num, epochs, args.device, seed).fit()))
+
     runs = [
-        ("reference-style (batch=syn_num, best)",
-         lambda: dict(zip("SUH", ReferenceStyleClassifier(p, 1e-3, 0.5, syn_num, epochs, args.device, args.seed).fit()))),
-        ("ours (batch=syn_num, best)", lambda: ours(syn_num, "best")),
-        ("ours (defaults: batch=512, last)", lambda: ours(512, "last")),
+        ("reference-style (batch=syn_num, best)", reference),
+        ("ours (batch=syn_num, best)", lambda seed: ours(syn_num, "best", seed)),
+        ("ours (defaults: batch=512, last)", lambda seed: ours(512, "last", seed)),
     ]
-    times = {}
+    times, hs = {}, {}
     for name, fn in runs:
-        res, sec = timed(fn)
-        times[name] = sec
-        print(f"{name:40s} {sec:8.2f} s   S={res['S']:6.2f} U={res['U']:6.2f} H={res['H']:6.2f}", flush=True)
-    ref = times[runs[0][0]]
-    for name, _ in runs[1:]:
-        print(f"speed-up of {name}: {ref / times[name]:.2f}x")
+        for seed in range(1000 + args.seed, 1000 + args.seed + args.seeds):
+            res, sec = timed(lambda: fn(seed))
+            times.setdefault(name, []).append(sec)
+            hs.setdefault(name, []).append(res["H"])
+            print(f"{name:40s} seed {seed}  {sec:8.2f} s   S={res['S']:6.2f} U={res['U']:6.2f} H={res['H']:6.2f}",
+                  flush=True)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    ref = mean(times[runs[0][0]])
+    for name, _ in runs:
+        print(f"{name:40s} mean {mean(times[name]):8.2f} s  mean H {mean(hs[name]):6.2f}  "
+              f"speed-up {ref / mean(times[name]):.2f}x")
 
 
 if __name__ == "__main__":
