@@ -8,15 +8,7 @@ from zsl.evaluation import ClassifierConfig, gzsl_evaluate, softmax_nll_grad, zs
 from zsl.metrics import harmonic_mean
 
 DIM = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-offs that dominate on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _points(centres: torch.Tensor, labels: list[int], n: int, noise: float, seed: int):
