@@ -27,8 +27,8 @@ def test_real_dimensions_one_epoch_each_stage(name, A, dim_t):
     n, d_t = m.nets, dim_t or A
     assert n["G_c"].net[0].in_features == A + 2048 + 2 * A          # Z = A: [z; c; a; t-emb]
     assert n["G_x"].net[0].in_features == A + 3 * A + 2048
-    assert n["D_ct"].fc1.in_features == 2 * 2048 + 2 * A             # true concatenation, any d_t
-    assert n["D_xt"].fc1.in_features == 2 * 2048 + 3 * A
+    assert n["D_ct"].in_features == 2 * 2048 + 2 * A             # true concatenation, any d_t
+    assert n["D_xt"].in_features == 2 * 2048 + 3 * A
     assert n["D_xt"].time.dim_t == d_t
     for _ in range(2):
         out = m.train_epoch()

@@ -304,11 +304,15 @@ class D2SC:
         return sample_posterior(self.sched, v0_hat, v_next, t, self._randn(*v0_hat.shape))
 
     def _critic_terms(self, critic: Critic, cond: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
-        """(real scores [B], fake scores [B], E(||grad||-1)^2) from one forward of [real; fake; interpolate]."""
+        """(real scores [B], fake scores [B], E(||grad||-1)^2).
+
+        Real and fake go through the critic in one concatenated forward; the interpolates go alone,
+        so that the penalty's input gradient and double backward touch only their B rows.
+        """
+        scores = critic.score(torch.cat([real, fake]), cond)
         mix = losses.interpolate(real, fake, self._rand(real.shape[0])).requires_grad_(True)
-        scores = critic.score(torch.cat([real, fake, mix]), cond)
-        s_real, s_fake, s_mix = scores.chunk(3)
-        grad, = torch.autograd.grad(s_mix.sum(), mix, create_graph=True)
+        grad, = torch.autograd.grad(critic.score(mix, cond).sum(), mix, create_graph=True)
+        s_real, s_fake = scores.chunk(2)
         return s_real, s_fake, losses.gradient_penalty(grad)
 
     def _step(self, names: list[str], nets: list[str], clip: float = 0.0) -> None:
@@ -320,6 +324,10 @@ class D2SC:
                     torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         for name in names:
             self.opts[name].step()
+
+    def _backward(self, loss: torch.Tensor, nets: list[str]) -> None:
+        """Backpropagate into the named nets' parameters only (skips gradients of the GP interpolates)."""
+        loss.backward(inputs=[p for name in nets for p in self.nets[name].parameters()])
 
     def _zero(self, names: list[str]) -> None:
         for name in names:
@@ -350,7 +358,7 @@ class D2SC:
             rt, ft, gpt = self._critic_terms(n["D_ct"], n["D_ct"].condition(x_next=c_next, a=a, t=t), c_t, ct_hat)
             wdist = cfg.gamma_x0 * (r0.mean() - f0.mean()) + cfg.gamma_xt * (rt.mean() - ft.mean())
             gp = cfg.gamma_x0 * gp0 + cfg.gamma_xt * gpt
-            (loss_dec - wdist + cfg.lambda1 * gp).backward()
+            self._backward(loss_dec - wdist + cfg.lambda1 * gp, ["D_c0", "D_ct", "Dec_c"])
             self._step(["D_c", "Dec_c"], [])
         _acc(log, d_loss=-wdist + cfg.lambda1 * gp, wasserstein=wdist, gp=gp, dec_loss=loss_dec)
 
@@ -415,7 +423,7 @@ class D2SC:
             factor = self.sched.a_bar[t] ** cfg.factor_dist
             dist = cfg.gamma_dist * losses.distillation_loss(w0, wt, wc, factor)
             loss_d = cfg.gamma_adv * (-wdist + self.lam * gp) + dist
-            (loss_dec + loss_d).backward()
+            self._backward(loss_dec + loss_d, ["D_x0", "D_xt", "D_xc", "Dec_x"])
             self._step(["D_x", "Dec_x"], ["D_x0", "D_xt", "D_xc", "Dec_x"], cfg.grad_clip)
             gp_total = gp_total + gp.detach()
         if cfg.monitor_eval_seen:

@@ -20,7 +20,8 @@ def init_weights(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.02)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class TimeMLP(nn.Module):
@@ -80,22 +81,24 @@ class FeatureGenerator(nn.Module):
 class Critic(nn.Module):
     """A WGAN critic on [subject; x_{t+1}?; a?; phi(c)?; TimeMLP(s(t))?] -> ndh -> 1 (LeakyReLU).
 
-    ``subject`` is the input that is judged real/fake (and interpolated by the gradient penalty);
-    the other parts form the condition, built once per batch by :meth:`condition`.  :meth:`score`
-    accepts n*B subject rows for one B-row condition (real, fake and interpolates in one forward):
-    the first layer is split as W_s subject + (W_c cond + b), which equals the layer on the
-    concatenation row by row.
+    ``subject`` is the input judged real/fake (and interpolated by the gradient penalty); the other
+    parts form the condition, built once per batch by :meth:`condition`.  The first layer on the
+    concatenation is stored as its two column blocks, ``fc1_subject`` (no bias) and ``fc1_cond``
+    (with the bias): W [s; k] = W_s s + W_c k, row by row the same layer.  :meth:`score` takes n*B
+    subject rows for one B-row condition (real, fake and interpolates in one forward) and applies
+    W_c to the condition once.
     """
 
     def __init__(self, subject_dim: int, hidden: int, *, next_dim: int = 0, att_dim: int = 0,
                  con_dim: int = 0, dim_t: int = 0, emb_dim: int = 0):
         super().__init__()
-        self.subject_dim = subject_dim
         self.next_dim, self.att_dim = next_dim, att_dim
         self.con = ConMLP(con_dim, emb_dim) if con_dim else None
         self.time = TimeMLP(dim_t, emb_dim) if dim_t else None
         cond_dim = next_dim + att_dim + (emb_dim if con_dim else 0) + (emb_dim if dim_t else 0)
-        self.fc1 = nn.Linear(subject_dim + cond_dim, hidden)
+        self.in_features = subject_dim + cond_dim
+        self.fc1_subject = nn.Linear(subject_dim, hidden, bias=False)
+        self.fc1_cond = nn.Linear(cond_dim, hidden)
         self.fc2 = nn.Linear(hidden, 1)
 
     def condition(self, *, x_next=None, a=None, c=None, t=None) -> torch.Tensor:
@@ -112,12 +115,10 @@ class Critic(nn.Module):
         return torch.cat(parts, 1)
 
     def score(self, subject: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Critic values [n*B] for subject rows [n*B, subject_dim] stacked n times against cond [B, k]."""
-        w_s, w_c = self.fc1.weight[:, : self.subject_dim], self.fc1.weight[:, self.subject_dim:]
-        cond_part = F.linear(cond, w_c, self.fc1.bias)
-        repeat = subject.shape[0] // cond.shape[0]
-        h = F.linear(subject, w_s) + (cond_part.repeat(repeat, 1) if repeat > 1 else cond_part)
-        return self.fc2(F.leaky_relu(h, 0.2)).squeeze(1)
+        """Critic values [n*B] for subject rows [n*B, s] (n blocks of B) against cond [B, k]."""
+        b = cond.shape[0]
+        h = self.fc1_subject(subject).view(-1, b, self.fc1_cond.out_features) + self.fc1_cond(cond)
+        return self.fc2(F.leaky_relu(h, 0.2)).reshape(-1)
 
 
 class Encoder(nn.Module):
