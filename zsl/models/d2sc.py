@@ -78,7 +78,7 @@ class Config:
       epoch of best ZSL on the evaluation split (refused under the final protocol: that is test data).
       monitor_eval_seen: log critic gaps on 64 evaluation-seen samples per DFG iteration (reference
       defect 2; off by default, no gradients either way).
-      compile: torch.compile every network (same maths; for long GPU runs).
+      compile: torch.compile every network's forward (same maths; for long GPU runs).
     Without a second feature view in the data, c is the visual feature x itself (C = R).
     """
 
@@ -309,9 +309,9 @@ class D2SC:
         Real and fake go through the critic in one concatenated forward; the interpolates go alone,
         so that the penalty's input gradient and double backward touch only their B rows.
         """
-        scores = critic.score(torch.cat([real, fake]), cond)
+        scores = critic(torch.cat([real, fake]), cond)
         mix = losses.interpolate(real, fake, self._rand(real.shape[0])).requires_grad_(True)
-        grad, = torch.autograd.grad(critic.score(mix, cond).sum(), mix, create_graph=True)
+        grad, = torch.autograd.grad(critic(mix, cond).sum(), mix, create_graph=True)
         s_real, s_fake = scores.chunk(2)
         return s_real, s_fake, losses.gradient_penalty(grad)
 
@@ -368,8 +368,8 @@ class D2SC:
         t = self._timesteps(c0.shape[0])
         c_t, c_next = self._pairs(c0, t)
         c0_hat, ct_hat = self._drg_generate(c0, c_t, c_next, a, t)
-        adv = (-cfg.gamma_x0 * n["D_c0"].score(c0_hat, n["D_c0"].condition(a=a)).mean()
-               - cfg.gamma_xt * n["D_ct"].score(ct_hat, n["D_ct"].condition(x_next=c_next, a=a, t=t)).mean())
+        adv = (-cfg.gamma_x0 * n["D_c0"](c0_hat, n["D_c0"].condition(a=a)).mean()
+               - cfg.gamma_xt * n["D_ct"](ct_hat, n["D_ct"].condition(x_next=c_next, a=a, t=t)).mean())
         cpr = F.mse_loss(ct_hat, c_t)
         att_mse = F.mse_loss(n["Dec_c"](c0_hat)[0], a)
         loss_g = adv + cfg.gamma_con_step * cpr
@@ -441,9 +441,9 @@ class D2SC:
         z, mu, logvar = self._encode(x0, a)
         x_t, x_next, t, x0_hat, xt_hat = self._dfg_generate(x0, c, a, z)
         k0, kt, kc = self._dfg_conditions(x_next, c, a, t)
-        adv = -cfg.gamma_adv * (cfg.gamma_x0 * n["D_x0"].score(x0_hat, k0).mean()
-                                + cfg.gamma_xt * n["D_xt"].score(xt_hat, kt).mean()
-                                + n["D_xc"].score(x0_hat, kc).mean())
+        adv = -cfg.gamma_adv * (cfg.gamma_x0 * n["D_x0"](x0_hat, k0).mean()
+                                + cfg.gamma_xt * n["D_xt"](xt_hat, kt).mean()
+                                + n["D_xc"](x0_hat, kc).mean())
         vae = losses.vae_loss(x0_hat, x0, mu, logvar, cfg.vae_recon, cfg.kl_clamp)
         mmd = losses.mmd(x0_hat, x0, self._mmd_sigmas(x0_hat, x0))
         center = losses.center_loss(x0_hat, n["S2V"](a))
@@ -469,7 +469,7 @@ class D2SC:
         z, _, _ = self._encode(x, a)
         _, _, _, x0_hat, _ = self._dfg_generate(x, c, a, z)
         cond = n["D_x0"].condition(a=a)
-        return {"monitor_eval_seen_gap": (n["D_x0"].score(x, cond) - n["D_x0"].score(x0_hat, cond)).mean()}
+        return {"monitor_eval_seen_gap": (n["D_x0"](x, cond) - n["D_x0"](x0_hat, cond)).mean()}
 
     # ------------------------------------------------------------------ trainer protocol
     def train_epoch(self) -> dict:

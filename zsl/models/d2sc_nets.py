@@ -84,7 +84,7 @@ class Critic(nn.Module):
     ``subject`` is the input judged real/fake (and interpolated by the gradient penalty); the other
     parts form the condition, built once per batch by :meth:`condition`.  The first layer on the
     concatenation is stored as its two column blocks, ``fc1_subject`` (no bias) and ``fc1_cond``
-    (with the bias): W [s; k] = W_s s + W_c k, row by row the same layer.  :meth:`score` takes n*B
+    (with the bias): W [s; k] = W_s s + W_c k, row by row the same layer.  :meth:`forward` takes n*B
     subject rows for one B-row condition (real, fake and interpolates in one forward) and applies
     W_c to the condition once.
     """
@@ -114,7 +114,7 @@ class Critic(nn.Module):
             parts.append(self.time(t))
         return torch.cat(parts, 1)
 
-    def score(self, subject: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, subject: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Critic values [n*B] for subject rows [n*B, s] (n blocks of B) against cond [B, k]."""
         b = cond.shape[0]
         h = self.fc1_subject(subject).view(-1, b, self.fc1_cond.out_features) + self.fc1_cond(cond)
