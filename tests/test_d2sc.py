@@ -211,3 +211,9 @@ def test_dfg_evaluation_views_are_suffixed():
     _run(m, 2)
     res = m.evaluate()
     assert res["stage"] == "DFG" and {"H", "H_VC", "ZSL_S", "U_VC"} <= res.keys()
+
+
+def test_with_epochs_splits_between_stages():
+    assert D2SC.with_epochs({"drg_epochs": 300, "dfg_epochs": 300}, 10) == {"drg_epochs": 5, "dfg_epochs": 5}
+    assert D2SC.with_epochs({"drg_epochs": 1, "dfg_epochs": 9}, 4) == {"drg_epochs": 1, "dfg_epochs": 3}
+    assert D2SC.with_epochs({}, 1) == {"drg_epochs": 1, "dfg_epochs": 0}

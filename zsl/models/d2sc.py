@@ -194,6 +194,15 @@ class D2SC:
 
     Config = Config
 
+    @classmethod
+    def with_epochs(cls, config: dict, n: int) -> dict:
+        """``config`` with n epochs in all, split between DRG and DFG in the config's proportion
+        (each stage keeps at least one epoch when n >= 2; n = 1 runs DRG only)."""
+        drg, dfg = int(config.get("drg_epochs", Config.drg_epochs)), int(config.get("dfg_epochs", Config.dfg_epochs))
+        share = drg / (drg + dfg) if drg + dfg else 0.5
+        n_drg = n if n < 2 else min(max(round(n * share), 1), n - 1)
+        return {**config, "drg_epochs": n_drg, "dfg_epochs": n - n_drg}
+
     def __init__(self, config: dict, data: ZSLData, device, seed: int):
         self.cfg = cfg = Config(**validate_config(Config, config, where="model 'd2sc'"))
         check_config(cfg, data.protocol)
