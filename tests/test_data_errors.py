@@ -129,6 +129,7 @@ CASES = {
     "empty split": (_empty_split, [], "'test_seen_loc' is empty"),
     "att dim in file": (_att_dim_in_file, [], "85 are expected"),
     "ce_ce transposed": (_ce_ce_transposed, [], "ce_ce.mat"),
+    "unwritable cache": (_intact, ["--dataset", "sim-AWA2", "--cache-dir", "/proc/zsl-cache"], "cannot write the simulated-data cache"),
     "sim unknown scale": (_intact, ["--dataset", "sim-SUN", "--scale", "huge"], "unknown scale 'huge'"),
 }
 

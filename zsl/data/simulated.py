@@ -107,8 +107,13 @@ def ensure_simulated(dataset: str, scale: str = "small", seed: int = 0, cache_di
     target = root / dataset
     if _is_current(target):
         return root
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset}.tmp-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dataset}.tmp-", dir=root))
+    except OSError as err:
+        raise UserError(
+            f"cannot write the simulated-data cache {root} ({err.strerror}): set ZSL_HPO_CACHE or --cache-dir to a writable folder."
+        ) from None
     try:
         write_simulated(tmp, dataset, scale, seed)
         _publish(tmp, target)

@@ -28,6 +28,7 @@ import torch
 from zsl.data.types import ZSLData
 from zsl.errors import UserError
 from zsl.metrics import harmonic_mean, per_class_accuracy
+from zsl.models import validate_config
 
 SOLVERS = ("closed_form", "gradient")
 TARGET_CODINGS = ("onehot", "signed")
@@ -81,7 +82,7 @@ class ESZSL:
     Config = Config
 
     def __init__(self, config: dict, data: ZSLData, device="cpu", seed: int = 0) -> None:
-        self.cfg = Config(**config)
+        self.cfg = Config(**validate_config(Config, config, where="model 'eszsl'"))
         check_config(self.cfg)
         self.data, self.device, self.seed = data, torch.device(device), seed
         self.epochs_total, self.epoch = self.cfg.epochs, 0
