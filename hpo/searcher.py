@@ -43,10 +43,8 @@ class PruningOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         state = final_state(result, error)
         value = result[METRIC] if state == TrialState.COMPLETE else None
-        if state == TrialState.PRUNED and result and EPOCH_ATTR in result:
-            step = int(result.get("training_iteration", result[EPOCH_ATTR]))
-            if step not in (ot_trial.intermediate_values or {}) and math.isfinite(result[METRIC]):
-                ot_trial.report(result[METRIC], step)  # make sure the last value is recorded
+        # intermediate values were reported every epoch by OptunaSearch.on_trial_result; for PRUNED,
+        # Optuna takes the last of them as the trial's value.
         self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
 

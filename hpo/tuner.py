@@ -13,7 +13,7 @@ import ray
 from ray import tune
 
 import hpo
-from hpo.experiment import SearchOptions, experiment_dir, optuna_url, prepare
+from hpo.experiment import SearchOptions, check_options, experiment_dir, optuna_url, prepare
 from hpo.searcher import METRIC, MODE, make_scheduler, make_search_alg
 from hpo.trainable import trainable
 
@@ -126,6 +126,7 @@ def run_search(opts: SearchOptions) -> SearchSummary:
     """The whole search; returns its summary (prints progress when opts.verbose)."""
     start = time.perf_counter()
     if opts.resume:
+        check_options(opts)
         opts = resumed_options(opts)
     space, ctx, sidecar = prepare(opts)
     if opts.verbose:
