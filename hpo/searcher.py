@@ -27,15 +27,29 @@ def final_state(result: dict | None, error: bool) -> TrialState:
 
     Errored, result-less or non-finite -> FAIL; stopped before ``epochs_total`` -> PRUNED; else COMPLETE.
     """
-    if error or not result or not isinstance(result.get(METRIC), (int, float)) or not math.isfinite(result[METRIC]):
+    if error or not result or not _finite(result.get(METRIC)):
         return TrialState.FAIL
     if result.get(EPOCH_ATTR, 0) < result.get("epochs_total", 0):
         return TrialState.PRUNED
     return TrialState.COMPLETE
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class PruningOptunaSearch(OptunaSearch):
     """OptunaSearch whose early-stopped trials reach Optuna as PRUNED (see module docstring)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Record the trial's objective at this epoch as an Optuna intermediate value (once per step)."""
+        steps = self.__dict__.setdefault("_reported_steps", {}).setdefault(trial_id, set())
+        step = result.get("training_iteration")
+        value = result.get(METRIC)
+        if trial_id in self._completed_trials or step in steps or not _finite(value):
+            return
+        self._ot_trials[trial_id].report(float(value), step)
+        steps.add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -43,8 +57,10 @@ class PruningOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         state = final_state(result, error)
         value = result[METRIC] if state == TrialState.COMPLETE else None
-        # intermediate values were reported every epoch by OptunaSearch.on_trial_result; for PRUNED,
-        # Optuna takes the last of them as the trial's value.
+        if state == TrialState.PRUNED:
+            # Ray calls on_trial_complete, not on_trial_result, with the result that made the scheduler
+            # stop the trial: record it; Optuna then takes the last intermediate value as the trial's value.
+            self.on_trial_result(trial_id, result)
         self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
 

@@ -47,7 +47,7 @@ def init_ray(opts: SearchOptions) -> None:
     if opts.address:
         ray.init(address=opts.address, runtime_env=runtime_env, log_to_driver=opts.verbose > 1)
     else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=opts.verbose > 1)
+        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=opts.verbose > 1)
 
 
 def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path) -> tune.Tuner:
