@@ -3,6 +3,7 @@
 - ``labels_for_real_splits``: per-image class labels consistent with a shipped (real) att_splits.mat,
   since the real res101.mat labels are not available.
 - ``write_tiny``: a small self-made dataset folder, easy to corrupt one field at a time.
+- ``sim_cache``: a session fixture (import it into the test module to use it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.io
 
 SHIPPED = Path(__file__).resolve().parent.parent / "zsl" / "data" / "xlsa17"
@@ -78,3 +80,9 @@ def write_tiny(folder: Path, a_dim: int = 85, k: int = 6, per_class: int = 10) -
     for name, fields in files.items():
         scipy.io.savemat(str(folder / name), fields)
     return files
+
+
+@pytest.fixture(scope="session")
+def sim_cache(tmp_path_factory):
+    """One simulated-data cache per test session (never the user's ~/.cache)."""
+    return tmp_path_factory.mktemp("zsl-hpo-cache")

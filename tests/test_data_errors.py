@@ -111,6 +111,7 @@ CASES = {
     "unknown class embedding": (_intact, ["--class-embedding", "w2v"], "unknown class embedding"),
     "bad split percent": (_intact, ["--split-percent", "50"], "split_percent"),
     "split percent file missing": (_intact, ["--split-percent", "10"], "split_10percent.mat"),
+    "sent without sent_splits.mat": (_intact, ["--class-embedding", "sent"], "sent_splits.mat"),
     "requested att dim": (_intact, ["--att-dim", "300"], "300 are expected"),
     "missing res101.mat": (_missing_res101, [], "missing file"),
     "missing field": (_missing_field, [], "no field 'labels'"),
@@ -128,6 +129,7 @@ CASES = {
     "empty split": (_empty_split, [], "'test_seen_loc' is empty"),
     "att dim in file": (_att_dim_in_file, [], "85 are expected"),
     "ce_ce transposed": (_ce_ce_transposed, [], "ce_ce.mat"),
+    "unwritable cache": (_intact, ["--dataset", "sim-AWA2", "--cache-dir", "/proc/zsl-cache"], "cannot write the simulated-data cache"),
     "sim unknown scale": (_intact, ["--dataset", "sim-SUN", "--scale", "huge"], "unknown scale 'huge'"),
 }
 

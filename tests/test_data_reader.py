@@ -80,3 +80,14 @@ def test_load_dataset_real_final_matches_locs_and_scales_on_train(awa2_root):
     np.testing.assert_allclose(data.train_x.min(0), 0.0, atol=1e-6)
     np.testing.assert_allclose(data.train_x.max(0), 1.0, atol=1e-6)
     assert not data.simulated and "real features" in data.label
+
+
+@pytest.mark.parametrize("dataset,counts", [("AWA2", (10, 13, 50)), ("CUB", (50, 50, 200)), ("SUN", (72, 65, 717))])
+def test_every_shipped_att_splits_passes_the_validator(tmp_path, dataset, counts):
+    folder = tmp_path / dataset
+    folder.mkdir()
+    shutil.copy(SHIPPED / dataset / "att_splits.mat", folder)
+    write_res101(folder, labels_for_real_splits(dataset, *counts))
+    raw = read_xlsa17(folder, dataset)
+    assert raw.class_emb.shape == (counts[2], {"AWA2": 85, "CUB": 312, "SUN": 102}[dataset])
+    assert raw.n_images == {"AWA2": 37322, "CUB": 11788, "SUN": 14340}[dataset]

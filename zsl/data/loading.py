@@ -15,6 +15,11 @@ from zsl.data.xlsa17 import REAL_DATASETS, Xlsa17, read_xlsa17
 from zsl.errors import UserError
 
 SIM_PREFIX = "sim-"
+PROTOCOL_NOTES = {
+    "validation": "validation split carved from trainval only; no test image is used",
+    "final": "trainval -> test_seen/test_unseen; report once, never select on it",
+    "reference": "trainval -> test_seen/test_unseen with selection on the test split allowed (published practice; optimistic)",
+}
 DATASET_NAMES = REAL_DATASETS + tuple(SIM_PREFIX + d for d in REAL_DATASETS)
 
 
@@ -83,6 +88,7 @@ def to_zsldata(raw: Xlsa17, split: Split, name: str, protocol: str, info: dict) 
         **info, "sources": raw.sources, "class_embedding": raw.class_embedding,
         "sizes": {s: int(idx.size) for s, idx in sets.items()},
         "simulated_note": "SIMULATED features and labels; not a benchmark result." if raw.simulated else None,
+        "protocol_note": PROTOCOL_NOTES[protocol],
     }
     return ZSLData(
         name=name, protocol=protocol, simulated=raw.simulated, class_names=list(raw.class_names),

@@ -83,6 +83,8 @@ def read_xlsa17(
     c_path = folder / "con_paco.mat"
     c = _read_row_view(c_path, n) if c_path.is_file() else None
     sem_path = folder / ("sent_splits.mat" if class_embedding == "sent" else "att_splits.mat")
+    if class_embedding == "sent" and not sem_path.is_file():
+        raise UserError(f"class embedding 'sent' needs {sem_path} (xlsa17 ships it for CUB only): add it or use class embedding 'att'.")
     sem = load_mat(sem_path)
     names = _class_names(sem, sem_path)
     emb = _class_embedding(sem, sem_path, class_embedding, len(names))
