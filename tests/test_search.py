@@ -16,19 +16,20 @@ from optuna.trial import TrialState
 
 from hpo.experiment import SearchOptions, read_search
 from hpo.tuner import run_search
+from zsl.models import make_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ["sim-AWA2", "sim-CUB"]
-EPOCHS = 10  # eszsl preset small
+EPOCHS = make_config("eszsl", "small", "sim-AWA2")["epochs"]
 SPACE = """
 model: eszsl
 preset: small
 params:
   gamma: {type: float, low: 1.0e-3, high: 1.0e+3, log: true}
   lam: {type: float, low: 1.0e-3, high: 1.0e+3, log: true}
-  steps_per_epoch: {type: categorical, choices: [10, 20, 30, 0]}   # 0 makes the model refuse: an errored trial
+  steps_per_epoch: {type: categorical, choices: [2, 5, 10, 0]}   # 0 makes the model refuse: an errored trial
   solver: {type: fixed, value: gradient}
-published: {gamma: 1.0, lam: 0.1, steps_per_epoch: 20}
+published: {gamma: 1.0, lam: 0.1, steps_per_epoch: 5}
 """
 
 
@@ -81,7 +82,7 @@ def test_asha_stops_trials_and_optuna_records_them_pruned(search):
         assert sorted(t.intermediate_values) == list(range(1, EPOCHS + 1))
     for t in failed:
         assert t.params["steps_per_epoch"] == 0
-    assert study.trials[0].params == {"gamma": 1.0, "lam": 0.1, "steps_per_epoch": 20}  # published first
+    assert study.trials[0].params == {"gamma": 1.0, "lam": 0.1, "steps_per_epoch": 5}  # published first
 
 
 def test_reports_per_dataset_scores_and_best_so_far(search):
@@ -130,6 +131,29 @@ def test_tensorboard_hparams_for_every_trial_with_results(search):
         assert len(best) == len(rows) and best[-1].value == pytest.approx(rows[-1]["best_objective"], rel=1e-5)
         checked += 1
     assert checked == summary.completed + summary.stopped_early >= 5  # early-stopped trials included
+
+
+def test_report_leaderboard_best_setting_and_final_evaluation(search):
+    from hpo.report import write_report
+    from zsl.train import read_config_file
+
+    summary, exp, _ = search
+    folder = write_report(str(exp), top_k=3)
+    text = (folder / "report.md").read_text()
+    assert "protocol: validation" in text and "protocol: final" in text and "simulated" in text
+    assert {"best_so_far.png", "top_trials_h.png", "best_setting.yaml", "final.json"} <= {p.name for p in folder.iterdir()}
+    doc = read_config_file(str(folder / "best_setting.yaml"))
+    final = json.loads((folder / "final.json").read_text())
+    assert doc["model"] == "eszsl" and doc["preset"] == "small" and doc["config"] == final["settings"]["best shared"]
+    make_config(doc["model"], doc["preset"], "sim-AWA2", doc["config"])  # replayable through the seam
+    assert final["protocol"] == "final" and final["data"] == "simulated"
+    assert {"best shared", "published", "best on sim-AWA2", "best on sim-CUB"} <= set(final["results"])
+    for per in final["results"].values():
+        for d in DATASETS:
+            assert 0.0 <= per[d]["H"] <= 100.0 and 0.0 <= per[d]["ZSL"] <= 100.0
+    best, published = final["results"]["best shared"], final["results"]["published"]
+    if final["settings"]["best shared"] == final["settings"]["published"]:  # same setting and seed: same numbers
+        assert all(best[d][k] == published[d][k] for d in DATASETS for k in ("S", "U", "H", "ZSL"))
 
 
 def _cli(args, address):
