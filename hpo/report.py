@@ -105,6 +105,18 @@ def final_evaluate(ctx: SearchContext, params: dict, dataset: str) -> dict:
     return {k: float(scores[k]) for k in ("S", "U", "H", "ZSL")} | {"seconds": time.perf_counter() - start}
 
 
+def final_evaluations(ctx: SearchContext, settings: dict) -> dict:
+    """{setting name: {dataset: scores}}; identical settings are trained once (same seed, same result)."""
+    done: dict = {}
+    out = {}
+    for name, params in settings.items():
+        key = json.dumps(params, sort_keys=True)
+        if key not in done:
+            done[key] = {d: final_evaluate(ctx, params, d) for d in ctx.datasets}
+        out[name] = done[key]
+    return out
+
+
 def plot_best_so_far(trials: list[TrialRecord], path: Path, label: str) -> None:
     """Best-so-far objective against cumulative epochs trained by the search (results in time order)."""
     import matplotlib
@@ -199,8 +211,7 @@ def write_report(exp_dir: str, top_k: int = 5, skip_final: bool = False, out: st
     plot_best_so_far(trials, folder / "best_so_far.png", label)
     plot_top_trials(top, ctx.datasets, folder / "top_trials_h.png", label)
     importances = plot_importances(record, folder / "importances.png")
-    final = {} if skip_final else {name: {d: final_evaluate(ctx, params, d) for d in ctx.datasets}
-                                   for name, params in settings.items()}
+    final = {} if skip_final else final_evaluations(ctx, settings)
     (folder / "final.json").write_text(json.dumps({"protocol": "final", "data": kind, "objective": ctx.objective,
                                                    "settings": settings, "results": final}, indent=2))
     text = render(exp, ctx, label, trials, top, per_dataset, final, importances)
