@@ -47,7 +47,7 @@ def search(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
     space = tmp / "space.yaml"
     space.write_text(SPACE)
-    opts = SearchOptions(space=str(space), datasets=DATASETS, num_samples=10, max_concurrent=2, name="e2e",
+    opts = SearchOptions(space=str(space), datasets=DATASETS, num_samples=8, max_concurrent=2, name="e2e",
                          storage_path=str(tmp), seed=3, grace_period=1, reduction_factor=2, max_failures=0, verbose=0)
     summary = run_search(opts)
     exp = Path(summary.experiment_dir)
@@ -67,10 +67,10 @@ def _results(trial_dir: Path) -> list[dict]:
 
 def test_asha_stops_trials_and_optuna_records_them_pruned(search):
     summary, exp, study = search
-    assert summary.trials == 10
+    assert summary.trials == 8
     assert summary.stopped_early >= 1 and summary.completed >= 1 and summary.errored >= 1
     states = [t.state for t in study.trials]
-    assert len(study.trials) == 10 and TrialState.RUNNING not in states
+    assert len(study.trials) == 8 and TrialState.RUNNING not in states
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
@@ -131,7 +131,7 @@ def test_tensorboard_hparams_for_every_trial_with_results(search):
         best = acc.Scalars("ray/tune/best_objective")
         assert len(best) == len(rows) and best[-1].value == pytest.approx(rows[-1]["best_objective"], rel=1e-5)
         checked += 1
-    assert checked == summary.completed + summary.stopped_early >= 5  # early-stopped trials included
+    assert checked == summary.completed + summary.stopped_early >= 4  # early-stopped trials included
 
 
 def test_report_leaderboard_best_setting_and_final_evaluation(search):
