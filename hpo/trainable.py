@@ -90,8 +90,13 @@ def step_dataset(name: str, run) -> dict:
     scores = run.evaluate()
     check_finite(name, run.epoch, scores)
     out = {f"{name}/{k}": float(scores[k]) for k in ("S", "U", "H", "ZSL")}
-    out.update({f"{name}/loss/{k}": float(v) for k, v in losses.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    out.update({f"{name}/{k}": float(v) for k, v in scores.items() if _number(v)})  # e.g. other views' H_VC
+    out.update({f"{name}/loss/{k}": float(v) for k, v in losses.items() if _number(v)})
     return out
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def save_checkpoint(runs: dict, state: dict, folder: str) -> tune.Checkpoint:
