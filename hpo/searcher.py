@@ -8,9 +8,11 @@ values, reported every epoch, stay recorded), FAIL for errored or non-finite one
 
 from __future__ import annotations
 
+import logging
 import math
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -18,6 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpo.spaces import DefineByRun, Space, published_point
 
+logger = logging.getLogger(__name__)
 METRIC, MODE = "objective", "max"
 EPOCH_ATTR = "epoch"
 
@@ -48,7 +51,10 @@ class PruningOptunaSearch(OptunaSearch):
         value = result.get(METRIC)
         if trial_id in self._completed_trials or step in steps or not _finite(value):
             return
-        self._ot_trials[trial_id].report(float(value), step)
+        try:
+            self._ot_trials[trial_id].report(float(value), step)
+        except UpdateFinishedTrialError:  # told already before a driver crash; the study keeps that record
+            pass
         steps.add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -61,7 +67,10 @@ class PruningOptunaSearch(OptunaSearch):
             # Ray calls on_trial_complete, not on_trial_result, with the result that made the scheduler
             # stop the trial: record it; Optuna then takes the last intermediate value as the trial's value.
             self.on_trial_result(trial_id, result)
-        self._ot_study.tell(ot_trial, value, state=state)
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except ValueError as err:  # "Cannot tell a COMPLETE trial": told before a driver crash (stale searcher state)
+            logger.info("Optuna already holds the end of trial %s: %s", trial_id, err)
         self._completed_trials.add(trial_id)
 
 
