@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -79,8 +80,10 @@ def make_sampler(searcher: str, seed: int, num_samples: int) -> optuna.samplers.
     if searcher == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = max(3, min(10, num_samples // 3))
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup,
-                                      constant_liar=True)
+    with warnings.catch_warnings():  # multivariate/group/constant_liar are marked experimental by Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup,
+                                          constant_liar=True)
 
 
 def make_search_alg(space: Space, *, searcher: str, seed: int, num_samples: int, storage_url: str,
