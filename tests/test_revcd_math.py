@@ -9,7 +9,7 @@ import torch
 
 from zsl import ddpm
 from zsl.models.revcd import cosine_nearest, from_signed, normalise_semantics, to_signed
-from zsl.models.revcd_nets import sinusoidal_embedding
+from zsl.diffusion import sinusoidal_embedding
 
 
 def test_linear_schedule_hand_values():
@@ -116,7 +116,7 @@ def test_strided_timesteps():
 
 
 def test_sinusoidal_embedding_interleaves_cos_sin():
-    emb = sinusoidal_embedding(torch.tensor([1, 3]), 4)
+    emb = sinusoidal_embedding(torch.tensor([1, 3]), 4, interleaved=True)
     f1 = 10000 ** -0.5
     assert emb[0].tolist() == pytest.approx([math.cos(1), math.sin(1), math.cos(f1), math.sin(f1)], rel=1e-6)
     assert emb[1].tolist() == pytest.approx([math.cos(3), math.sin(3), math.cos(3 * f1), math.sin(3 * f1)], rel=1e-6)

@@ -107,15 +107,20 @@ def distill_factor(sched: VPSchedule, t: torch.Tensor, power: float) -> torch.Te
     return sched.a_bar[t] ** power
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """s(t) in R^dim: [cos(t f_i), sin(t f_i)], f_i = exp(-ln(1e4) i / half), zero-padded if dim is odd.
+def sinusoidal_embedding(t: torch.Tensor, dim: int, interleaved: bool = False) -> torch.Tensor:
+    """Sinusoidal timestep encoding s(t) in R^dim with frequencies f_i = exp(-ln(1e4) i / half).
 
-    t: [B] (any numeric dtype); returns float32 [B, dim].  The cos block comes first.
+    t: [B] (any numeric dtype); returns float32 [B, dim], zero-padded if dim is odd.
+    Layout: ``[cos(t f_0..f_{half-1}), sin(t f_0..)]`` (cos block first, D2SC/DDGAN) or, with
+    ``interleaved=True``, ``[cos(t f_0), sin(t f_0), cos(t f_1), ...]`` (RevCD Eq. 17).
     """
     half = dim // 2
     freqs = torch.exp(-math.log(1e4) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     angles = t.to(torch.float32).unsqueeze(1) * freqs.unsqueeze(0)
-    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+    if interleaved:
+        emb = torch.stack([torch.cos(angles), torch.sin(angles)], dim=2).reshape(t.shape[0], 2 * half)
+    else:
+        emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb

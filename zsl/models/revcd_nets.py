@@ -6,23 +6,11 @@ Shapes: N rows, A semantic dims (d_s), R visual dims, H hidden width, M = d_mode
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """TE(t, d) with cos and sin interleaved: [cos(t·f_0), sin(t·f_0), cos(t·f_1), …] (RevCD Eq. 17).
-
-    t: [N] integer (or float) timesteps; f_i = max_period^(−2i/d); returns [N, dim] float32.
-    ``dim`` must be even.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * 2 * torch.arange(half, device=t.device, dtype=torch.float32) / dim)
-    angles = t.float().unsqueeze(1) * freqs.unsqueeze(0)  # [N, half]
-    return torch.stack([angles.cos(), angles.sin()], dim=2).reshape(t.shape[0], 2 * half)
+from zsl.diffusion import sinusoidal_embedding
 
 
 class VisualEncoder(nn.Module):
@@ -108,7 +96,7 @@ class Denoiser(nn.Module):
         self.out = nn.Linear(hidden, sem_dim)
 
     def forward(self, s_t, t, cond):
-        temb = self.time_mlp(sinusoidal_embedding(t, self.time_dim))
+        temb = self.time_mlp(sinusoidal_embedding(t, self.time_dim, interleaved=True))
         h1 = self.e1(s_t, temb, cond)
         h2 = self.e2(h1, temb, cond)
         return self.out(self.d1(h2, temb, cond, skip=h1))
