@@ -144,6 +144,7 @@ def test_search_state_checkpoints_tensorboard_and_study_land_in_s3(s3, tmp_path)
     assert sorted(t.value for t in finished) == pytest.approx(sorted(r.metrics["loss"] for r in results))
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_from_s3_alone(s3, tmp_path):
     name = "resume"
     first = run_search(name, tmp_path, fail_at=3, cache_dir=tmp_path / "cache-a")
