@@ -161,3 +161,21 @@ def test_interrupted_search_resumes_from_s3_alone(s3, tmp_path):
     for result in results:
         assert result.metrics["training_iteration"] == ITERATIONS
         assert result.metrics["start"] == 2  # continued from the step-2 checkpoint in S3
+
+
+def test_study_sync_round_trip_without_ray(tmp_path):
+    """Upload after a trial, download on a fresh driver, stale local copies never reused."""
+    with s3_server("zsl-sync") as client:
+        root = "s3://zsl-sync/runs"
+        url, (sync,) = storage.optuna_storage_for(root, "exp", cache_dir=tmp_path / "a")
+        study = optuna.create_study(study_name="exp", storage=url)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+        sync.on_trial_complete(0, [], None)
+        assert bucket_keys(client, "zsl-sync") == ["runs/exp/optuna.db"]
+        url_b, _ = storage.optuna_storage_for(root, "exp", cache_dir=tmp_path / "b")
+        assert len(optuna.load_study(study_name="exp", storage=url_b).trials) == 3
+        url_new, _ = storage.optuna_storage_for(root, "other", cache_dir=tmp_path / "a")
+        stale = Path(url_new.removeprefix("sqlite:///"))
+        stale.write_bytes(b"left over")
+        storage.optuna_storage_for(root, "other", cache_dir=tmp_path / "a")
+        assert not stale.exists()  # nothing in the bucket: start a fresh study
