@@ -1,31 +1,26 @@
-"""Where a search keeps its Optuna study, given the experiment's storage path.
+"""Keeping a search's driver-side files (Optuna study, search record) on remote storage.
 
-Ray Tune writes experiment state, checkpoints and TensorBoard files to `storage_path`
-itself, local or remote (s3://, gs://, through pyarrow.fs). The Optuna study is different:
-SQLite needs a POSIX file system, so it cannot live on S3. The rule:
+Ray Tune writes experiment state, checkpoints and TensorBoard files to `storage_path` itself,
+local or remote (s3://, gs://, through pyarrow.fs). The Optuna study cannot follow: SQLite
+needs a POSIX file system, so it cannot live on S3. The rule:
 
-* `--optuna-storage URL` given (e.g. postgresql://... reachable from the head): used as is.
-* local or NFS/EFS storage path: ``sqlite:///<storage_path>/<name>/optuna.db``.
-* remote storage path: a SQLite file on the driver's local disk, downloaded from
-  ``<storage_path>/<name>/optuna.db`` when the search starts (so that --resume finds the
-  study) and uploaded back after every finished trial and at the end (`StudySync`).
+* local or NFS/EFS storage path: the study sits in the experiment directory itself.
+* remote storage path: the study (and any other driver-side file, such as the search record)
+  lives in a local "sidecar" folder on the driver, is uploaded to the experiment directory
+  after every finished trial and at the end (`SidecarSync`), and is fetched back before a
+  resume (`fetch_sidecar`), so that a new head node can continue the search from the bucket.
+* `--optuna-storage URL` (e.g. postgresql://... reachable from the head) bypasses SQLite.
 
-Only the driver (the process running the search) ever opens the study, so one local file
-with a copy on shared storage is safe.
+Only the driver ever opens the study, so one local file with a copy on shared storage is safe.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pyarrow.fs
 from ray import tune
-
-STUDY_FILE = "optuna.db"
 
 
 def is_remote(storage_path: str) -> bool:
@@ -33,27 +28,11 @@ def is_remote(storage_path: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", storage_path)) and not storage_path.startswith("file://")
 
 
-def study_uri(storage_path: str, name: str) -> str:
-    """Location of the study file inside the experiment directory."""
-    return f"{storage_path.rstrip('/')}/{name}/{STUDY_FILE}"
-
-
-def default_cache_dir() -> Path:
-    """Local folder for driver-side copies of remote studies."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zsl-hpo" / "studies"
-
-
-def local_study_path(storage_path: str, name: str, cache_dir: Path | None = None) -> Path:
-    """Driver-local SQLite path standing for the remote study (one per experiment URI)."""
-    uri = study_uri(storage_path, name)
-    key = f"{urlparse(uri).netloc}-{name}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
-    return (cache_dir or default_cache_dir()) / key / STUDY_FILE
-
-
-def remote_exists(uri: str) -> bool:
-    """Whether a file exists at a pyarrow-reachable URI."""
-    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
+def remote_files(remote_dir: str) -> list[str]:
+    """Names of the plain files directly inside a remote folder (empty when it does not exist)."""
+    fs, path = pyarrow.fs.FileSystem.from_uri(remote_dir)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return sorted(Path(info.path).name for info in infos if info.type == pyarrow.fs.FileType.File)
 
 
 def copy_file(source: str, destination: str) -> None:
@@ -63,21 +42,41 @@ def copy_file(source: str, destination: str) -> None:
     pyarrow.fs.copy_files(source, destination)
 
 
-class StudySync(tune.Callback):
-    """Tune callback that keeps the remote copy of a driver-local SQLite study current.
+def fetch_sidecar(remote_dir: str, local_dir: Path, names: tuple[str, ...]) -> list[str]:
+    """Download the files `names` found in remote_dir into local_dir; returns those fetched.
+
+    Local copies of the other names are deleted, so a stale local file from an earlier run
+    of the same name never stands in for a missing remote one.
+    """
+    present = set(remote_files(remote_dir))
+    local_dir = Path(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name in present:
+            copy_file(f"{remote_dir.rstrip('/')}/{name}", str(local_dir / name))
+        else:
+            (local_dir / name).unlink(missing_ok=True)
+    return [name for name in names if name in present]
+
+
+class SidecarSync(tune.Callback):
+    """Tune callback that uploads the driver's sidecar files to the remote experiment dir.
 
     Uploads after each trial completes or errors and when the experiment ends, so an
     interrupted search loses at most the study updates of the last trial.
+    local_dir: the driver-local folder; remote_dir: the experiment directory URI.
     """
 
-    def __init__(self, local_path: Path, remote_uri: str):
-        self.local_path = Path(local_path)
-        self.remote_uri = remote_uri
+    def __init__(self, local_dir: Path, remote_dir: str, names: tuple[str, ...]):
+        self.local_dir = Path(local_dir)
+        self.remote_dir = remote_dir.rstrip("/")
+        self.names = names
 
     def upload(self) -> None:
-        """Copy the local study file to the experiment directory (if it exists yet)."""
-        if self.local_path.is_file():
-            copy_file(str(self.local_path), self.remote_uri)
+        """Copy every existing sidecar file to the experiment directory."""
+        for name in self.names:
+            if (self.local_dir / name).is_file():
+                copy_file(str(self.local_dir / name), f"{self.remote_dir}/{name}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.upload()
@@ -87,27 +86,3 @@ class StudySync(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         self.upload()
-
-
-def optuna_storage_for(storage_path: str, name: str, optuna_storage: str | None = None,
-                       cache_dir: Path | None = None) -> tuple[str, list[tune.Callback]]:
-    """Optuna storage URL for an experiment, plus the Tune callbacks it needs.
-
-    storage_path: the search's --storage-path (local path or URI); name: experiment name;
-    optuna_storage: an explicit --optuna-storage URL, which wins. For a remote storage path
-    the remote study (if any) is downloaded first, so call this before building the searcher.
-    """
-    if optuna_storage:
-        return optuna_storage, []
-    if not is_remote(storage_path):
-        local = Path(storage_path.removeprefix("file://")).expanduser().resolve() / name / STUDY_FILE
-        local.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{local}", []
-    remote = study_uri(storage_path, name)
-    local = local_study_path(storage_path, name, cache_dir)
-    local.parent.mkdir(parents=True, exist_ok=True)
-    if remote_exists(remote):
-        copy_file(remote, str(local))
-    else:  # a fresh experiment: never continue a stale local copy
-        local.unlink(missing_ok=True)
-    return f"sqlite:///{local}", [StudySync(local, remote)]

@@ -9,6 +9,7 @@ resumes from the bucket alone.
 import contextlib
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import sys
@@ -26,6 +27,7 @@ from hpo import storage
 BUCKET = "zsl-hpo-test"
 STORAGE = f"s3://{BUCKET}/experiments"
 ITERATIONS = 4
+STUDY = "optuna.db"
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
 
@@ -105,9 +107,11 @@ def s3():
             ray.shutdown()
 
 
-def run_search(name, fail_dir, fail_at, cache_dir, max_failures=0):
-    """A 2-trial Optuna search stored on S3; returns the ResultGrid."""
-    url, callbacks = storage.optuna_storage_for(STORAGE, name, cache_dir=cache_dir)
+def run_search(name, fail_dir, fail_at, sidecar, max_failures=0):
+    """A 2-trial Optuna search stored on S3, its study in a synced local sidecar; returns the ResultGrid."""
+    url = f"sqlite:///{sidecar / STUDY}"
+    sidecar.mkdir(parents=True, exist_ok=True)
+    callbacks = [storage.SidecarSync(sidecar, f"{STORAGE}/{name}", names=(STUDY,))]
     searcher = OptunaSearch(
         space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric="loss", mode="min",
         sampler=optuna.samplers.TPESampler(seed=0), study_name=name,
@@ -122,7 +126,7 @@ def run_search(name, fail_dir, fail_at, cache_dir, max_failures=0):
 
 
 def test_search_state_checkpoints_tensorboard_and_study_land_in_s3(s3, tmp_path):
-    results = run_search("complete", tmp_path, fail_at=0, cache_dir=tmp_path / "cache")
+    results = run_search("complete", tmp_path, fail_at=0, sidecar=tmp_path / "sidecar")
     assert not results.errors and len(results) == 2
     keys = bucket_keys(s3, BUCKET)
     under = [k.removeprefix("experiments/complete/") for k in keys if k.startswith("experiments/complete/")]
@@ -136,9 +140,9 @@ def test_search_state_checkpoints_tensorboard_and_study_land_in_s3(s3, tmp_path)
         with result.checkpoint.as_directory() as folder:
             assert json.loads((Path(folder) / "state.json").read_text()) == {"step": ITERATIONS}
     # The uploaded study, fetched into a fresh file, holds both finished trials.
-    copy = tmp_path / "fetched.db"
-    storage.copy_file(storage.study_uri(STORAGE, "complete"), str(copy))
-    study = optuna.load_study(study_name="complete", storage=f"sqlite:///{copy}")
+    fresh = tmp_path / "fresh"
+    assert storage.fetch_sidecar(f"{STORAGE}/complete", fresh, names=(STUDY, "absent.json")) == [STUDY]
+    study = optuna.load_study(study_name="complete", storage=f"sqlite:///{fresh / STUDY}")
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(finished) == 2
     assert sorted(t.value for t in finished) == pytest.approx(sorted(r.metrics["loss"] for r in results))
@@ -147,12 +151,14 @@ def test_search_state_checkpoints_tensorboard_and_study_land_in_s3(s3, tmp_path)
 @pytest.mark.slow
 def test_interrupted_search_resumes_from_s3_alone(s3, tmp_path):
     name = "resume"
-    first = run_search(name, tmp_path, fail_at=3, cache_dir=tmp_path / "cache-a")
+    first = run_search(name, tmp_path, fail_at=3, sidecar=tmp_path / "sidecar-a")
     assert len(first.errors) == 2  # both trials died after checkpointing step 2
-    # A new driver machine: empty local cache, only the bucket survives.
+    # The driver's disk is lost; a new driver at the same sidecar path has only the bucket.
+    sidecar = tmp_path / "sidecar-a"
+    shutil.rmtree(sidecar)
     assert tune.Tuner.can_restore(f"{STORAGE}/{name}")
-    url, callbacks = storage.optuna_storage_for(STORAGE, name, cache_dir=tmp_path / "cache-b")
-    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:  # the study came back from S3
+    assert storage.fetch_sidecar(f"{STORAGE}/{name}", sidecar, names=(STUDY,)) == [STUDY]
+    with sqlite3.connect(sidecar / STUDY) as db:  # the study came back from S3
         assert db.execute("select count(*) from trials").fetchone()[0] == 2
     restored = tune.Tuner.restore(f"{STORAGE}/{name}", trainable=tune.with_parameters(counting_trainable),
                                   resume_errored=True)
@@ -161,21 +167,27 @@ def test_interrupted_search_resumes_from_s3_alone(s3, tmp_path):
     for result in results:
         assert result.metrics["training_iteration"] == ITERATIONS
         assert result.metrics["start"] == 2  # continued from the step-2 checkpoint in S3
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{sidecar / STUDY}")
+    # The resumed search kept the fetched study (not a fresh one). Ray's OptunaSearch told Optuna
+    # FAIL when the trials errored, and an Optuna trial cannot be reopened, so they stay FAIL.
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
 
 
-def test_study_sync_round_trip_without_ray(tmp_path):
-    """Upload after a trial, download on a fresh driver, stale local copies never reused."""
+def test_sidecar_sync_round_trip_without_ray(tmp_path):
+    """Upload after a trial, fetch on a fresh driver; stale local copies are never reused."""
     with s3_server("zsl-sync") as client:
-        root = "s3://zsl-sync/runs"
-        url, (sync,) = storage.optuna_storage_for(root, "exp", cache_dir=tmp_path / "a")
-        study = optuna.create_study(study_name="exp", storage=url)
+        remote = "s3://zsl-sync/runs/exp"
+        sidecar = tmp_path / "a"
+        sidecar.mkdir()
+        study = optuna.create_study(study_name="exp", storage=f"sqlite:///{sidecar / STUDY}")
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
-        sync.on_trial_complete(0, [], None)
-        assert bucket_keys(client, "zsl-sync") == ["runs/exp/optuna.db"]
-        url_b, _ = storage.optuna_storage_for(root, "exp", cache_dir=tmp_path / "b")
-        assert len(optuna.load_study(study_name="exp", storage=url_b).trials) == 3
-        url_new, _ = storage.optuna_storage_for(root, "other", cache_dir=tmp_path / "a")
-        stale = Path(url_new.removeprefix("sqlite:///"))
+        (sidecar / "search.json").write_text("{}")
+        storage.SidecarSync(sidecar, remote, names=(STUDY, "search.json")).on_trial_complete(0, [], None)
+        assert bucket_keys(client, "zsl-sync") == ["runs/exp/optuna.db", "runs/exp/search.json"]
+        assert storage.fetch_sidecar(remote, tmp_path / "b", names=(STUDY, "search.json")) == [STUDY, "search.json"]
+        assert len(optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'b' / STUDY}").trials) == 3
+        stale = tmp_path / "c" / STUDY
+        stale.parent.mkdir()
         stale.write_bytes(b"left over")
-        storage.optuna_storage_for(root, "other", cache_dir=tmp_path / "a")
+        assert storage.fetch_sidecar("s3://zsl-sync/runs/other", tmp_path / "c", names=(STUDY,)) == []
         assert not stale.exists()  # nothing in the bucket: start a fresh study
