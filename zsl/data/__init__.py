@@ -4,6 +4,7 @@ Public entry point: ``load_dataset(name, data_root=None, protocol="validation", 
 returning a :class:`ZSLData` (implemented in ``zsl.data.loading``).
 """
 
+from zsl.data.loading import load_dataset
 from zsl.data.types import ZSLData
 
-__all__ = ["ZSLData"]
+__all__ = ["ZSLData", "load_dataset"]
