@@ -86,3 +86,8 @@ class SidecarSync(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         self.upload()
+
+
+def sync_callbacks(experiment_dir: str, sidecar: Path, names: tuple[str, ...]) -> list[tune.Callback]:
+    """The Tune callbacks that keep `sidecar` copied into a remote experiment dir (none for local)."""
+    return [SidecarSync(sidecar, experiment_dir, names)] if is_remote(experiment_dir) else []

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -191,3 +192,30 @@ def test_sidecar_sync_round_trip_without_ray(tmp_path):
         stale.write_bytes(b"left over")
         assert storage.fetch_sidecar("s3://zsl-sync/runs/other", tmp_path / "c", names=(STUDY,)) == []
         assert not stale.exists()  # nothing in the bucket: start a fresh study
+
+
+@pytest.mark.slow
+def test_search_cli_on_s3_and_resume_on_a_fresh_driver(tmp_path):
+    """hpo/search.py --storage-path s3://...: everything lands in the bucket; --resume after the
+    driver's local files are lost gets the search record and the study back from the bucket."""
+    root = Path(storage.__file__).resolve().parents[1]
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    cmd = [sys.executable, str(root / "hpo" / "search.py"), "--space", "eszsl", "--datasets", "sim-AWA2",
+           "--num-samples", "2", "--scheduler", "fifo", "--storage-path", "s3://zsl-cli/exp", "--name", "cli",
+           "--verbose", "0", "--seed", "0"]
+    with s3_server("zsl-cli") as client:
+        env = dict(os.environ, PYTHONPATH=str(root), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+        first = subprocess.run(cmd, cwd=driver, env=env, capture_output=True, text=True, timeout=600)
+        assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+        keys = [k.removeprefix("exp/cli/") for k in bucket_keys(client, "zsl-cli")]
+        assert {"search.json", "optuna.db", "tuner.pkl"} <= set(keys)
+        assert any(k.startswith("experiment_state") for k in keys)
+        assert sum("events.out.tfevents" in k for k in keys) >= 2  # TensorBoard files of both trials
+        assert any("/checkpoint_" in k for k in keys)
+        shutil.rmtree(driver / "cli.hpo")  # the driver's disk is lost
+        again = subprocess.run(cmd + ["--resume"], cwd=driver, env=env, capture_output=True, text=True,
+                               timeout=600)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        study = optuna.load_study(study_name="cli", storage=f"sqlite:///{driver / 'cli.hpo' / STUDY}")
+        assert len(study.trials) == 2  # the study came back from the bucket
