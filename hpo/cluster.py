@@ -41,31 +41,27 @@ def load_config(path: Path) -> tuple[str, dict[str, Any]]:
     return text, config
 
 
-def ray_schema_problem(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """Ray's offline check: fill defaults, then validate against ray-schema.json.
-
-    Returns (problem sentence or None, the config with Ray's defaults filled in).
-    """
+def ray_schema_problem(config: dict[str, Any]) -> str | None:
+    """Ray's offline check (fill defaults, validate against ray-schema.json); a sentence or None."""
     from ray.autoscaler._private.util import prepare_config, validate_config
     import jsonschema
 
     logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            prepared = prepare_config(config)
-            validate_config(prepared)
+            validate_config(prepare_config(config))
     except jsonschema.ValidationError as err:
         field = ".".join(str(p) for p in err.absolute_path) or "top level"
         first_line = err.message.splitlines()[0]
         return (f"Ray's cluster schema rejects {field} ({first_line}); fix or remove that "
-                "field (see Ray's cluster-launcher YAML reference)"), config
+                "field (see Ray's cluster-launcher YAML reference)")
     except (Exception, SystemExit) as err:  # Ray aborts with assorted types (and SystemExit)
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return f"Ray cannot prepare this config ({detail}); fix the field it names", config
-    return None, prepared
+        return f"Ray cannot prepare this config ({detail}); fix the field it names"
+    return None
 
 
-def summary(path: Path, config: dict[str, Any], prepared: dict[str, Any]) -> str:
+def summary(path: Path, config: dict[str, Any]) -> str:
     """One short OK block: provider, node types with their resources, image, storage."""
     provider = config.get("provider", {})
     lines = [f"{path}: OK (Ray {ray.__version__} schema and project checks)",
@@ -91,9 +87,9 @@ def summary(path: Path, config: dict[str, Any], prepared: dict[str, Any]) -> str
 def validate(path: Path) -> tuple[list[str], str]:
     """All problems of a cluster config (sentences prefixed with the file), and its summary."""
     text, config = load_config(path)
-    schema, prepared = ray_schema_problem(config)
+    schema = ray_schema_problem(config)
     problems = ([schema] if schema else []) + cluster_checks.project_problems(text, config)
-    return [f"{path}: {p}." for p in problems], summary(path, config, prepared)
+    return [f"{path}: {p}." for p in problems], summary(path, config)
 
 
 def main(argv: list[str] | None = None) -> int:
