@@ -14,26 +14,12 @@ from pathlib import Path
 import pytest
 import ray
 from ray._private import state as ray_state
-from ray.cluster_utils import Cluster
 
 import hpo
+from test_distributed import cluster  # noqa: F401 -- the shared multi-node fixture
 
 ROOT = Path(hpo.__file__).resolve().parents[1]
 SIMULATED = "sim-AWA2,sim-CUB,sim-SUN"  # simulated benchmarks: three datasets make a trial last seconds
-FAST_FAILURE_DETECTION = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
-                          "health_check_initial_delay_ms": 0}
-
-
-@pytest.fixture
-def cluster():
-    """Head with 0 CPUs (like cluster/gpu.yaml) and fast dead-node detection; torn down after."""
-    made = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "_system_config": FAST_FAILURE_DETECTION})
-    try:
-        yield made
-    finally:
-        ray.shutdown()
-        made.shutdown()
 
 
 def search(cluster, storage, *extra):
