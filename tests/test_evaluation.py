@@ -8,6 +8,7 @@ from zsl.evaluation import ClassifierConfig, gzsl_evaluate, softmax_nll_grad, zs
 from zsl.metrics import harmonic_mean
 
 DIM = 16
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _points(centres: torch.Tensor, labels: list[int], n: int, noise: float, seed: int):

@@ -12,6 +12,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from zsl import train
+from zsl.models import make_config
 from zsl.models.eszsl import ESZSL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,12 +141,18 @@ def test_bad_config_file_is_one_line_exit_2(make, tmp_path, capsys):
     assert err.count("\n") == 0 and "--config" in err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_cuda_without_gpu_exits_2_in_a_real_process(tmp_path):
-    proc = run_cli(*FAST, "--device", "cuda", "--out", str(tmp_path / "out"))
+def test_user_error_in_a_real_process_is_one_line_exit_2():
+    proc = run_cli("--model", "nope", "--dataset", "sim-CUB")
     assert proc.returncode == 2
-    assert "--device cuda" in proc.stderr and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.strip().count("\n") == 0 and "unknown model 'nope'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_exits_2(tmp_path, capsys):
+    assert train.main([*FAST, "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device cuda" in err and err.count("\n") == 0
 
 
 def test_config_file_precedence_and_yaml_values(tmp_path):
@@ -160,3 +167,15 @@ def test_config_file_precedence_and_yaml_values(tmp_path):
     assert spec.config["epochs"] == 7        # --epochs over everything
     assert spec.config["solver"] == "gradient"  # from the preset
     assert train.parse_sets(["a=1e-3", "b=true", "c=[1, 2]", "d=V"]) == {"a": 1e-3, "b": True, "c": [1, 2], "d": "V"}
+
+
+def test_epochs_rule_prefers_the_models_with_epochs(monkeypatch):
+    class TwoStage(ESZSL):
+        @classmethod
+        def with_epochs(cls, config, n):
+            return {**config, "epochs": 2 * n}
+
+    config = make_config("eszsl", None, "sim-CUB")
+    assert train.with_epochs("eszsl", config, 3)["epochs"] == 3  # no rule: the 'epochs' field
+    monkeypatch.setattr(train, "get_model", lambda name: TwoStage)
+    assert train.with_epochs("eszsl", config, 3)["epochs"] == 6  # the class's rule decides

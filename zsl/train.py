@@ -36,13 +36,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
 from zsl.errors import EXIT_USER_ERROR, UserError
 from zsl.models import base_dataset_name, get_model, make_config, validate_config
-from zsl.runlog import RunLog, numeric_items
+
+# torch, tensorboard and the data layer are imported where used, so that flag errors and --help are instant.
+if TYPE_CHECKING:
+    import torch
 
 PROTOCOLS = ("validation", "final", "reference")
 CONFIG_FILE_KEYS = ("model", "preset", "dataset", "config", "per_dataset")
@@ -161,6 +164,8 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
 
 def resolve_device(name: str | None) -> torch.device:
     """cpu | cuda | cuda:N (default: cuda when available, else cpu); UserError if unusable here."""
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -205,6 +210,8 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(out: Path, spec: RunSpec, model, history: list[dict]) -> None:
+    import torch
+
     state = {"format": CHECKPOINT_FORMAT, "spec": asdict(spec), "epoch": model.epoch,
              "model": model.state_dict(), "history": history}
     atomic_write(out / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
@@ -212,6 +219,8 @@ def save_checkpoint(out: Path, spec: RunSpec, model, history: list[dict]) -> Non
 
 def load_checkpoint(out: Path) -> dict:
     """The checkpoint in ``out`` (tensors on CPU); weights_only unless the model stored other objects."""
+    import torch
+
     path = out / "checkpoint.pt"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -244,7 +253,16 @@ def write_json(path: Path, doc: dict) -> None:
 
 # ---------------------------------------------------------------- the run
 
+def plain(metrics: dict) -> dict:
+    """Numbers as floats and strings kept (JSON- and weights_only-safe); other values dropped."""
+    from zsl.runlog import numeric_items
+
+    return {**{k: v for k, v in metrics.items() if isinstance(v, str)}, **numeric_items(metrics)}
+
+
 def format_numbers(values: dict) -> str:
+    from zsl.runlog import numeric_items
+
     return " ".join(f"{k}={v:.4g}" for k, v in numeric_items(values).items())
 
 
@@ -263,20 +281,24 @@ def final_table(spec: RunSpec, data, metrics: dict, epochs: int) -> str:
 def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, checkpoint_every: int,
               resume: bool) -> dict:
     """Load data, build the model, train all epochs with evaluations, write out/; returns final metrics."""
+    import torch
     from tqdm import tqdm
 
     from zsl.data import load_dataset
+    from zsl.runlog import RunLog
 
     started = time.perf_counter()
+    state = None
+    if resume:  # checked before the (possibly slow) data loading
+        state = load_checkpoint(out)
+        check_resume_spec(state.get("spec", {}), spec, out)
     data = load_dataset(spec.dataset, spec.data_root, spec.protocol, seed=spec.data_seed, scale=spec.scale)
     print(f"data: {data.label}: {len(data.train_y)} train, {len(data.eval_seen_y)} eval-seen, "
           f"{len(data.eval_unseen_y)} eval-unseen rows, {data.feature_dim}-d features", flush=True)
     torch.manual_seed(spec.seed)
     model = get_model(spec.model)(spec.config, data, device, spec.seed)
     history: list[dict] = []
-    if resume:
-        state = load_checkpoint(out)
-        check_resume_spec(state.get("spec", {}), spec, out)
+    if state is not None:
         model.load_state_dict(state["model"])
         history = list(state["history"])
         print(f"resumed from {out / 'checkpoint.pt'} after epoch {model.epoch}", flush=True)
@@ -299,7 +321,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
             log.train(epoch, stats)
             line = f"epoch {epoch}/{total} [{stage or 'train'}] {format_numbers(stats)}"
             if epoch % eval_every == 0 or epoch == total:
-                metrics = model.evaluate()
+                metrics = plain(model.evaluate())
                 log.evaluation(epoch, metrics)
                 history.append({"epoch": epoch, **metrics})
                 line += " | " + format_numbers({k: metrics[k] for k in metrics if k in METRIC_KEYS})
@@ -307,7 +329,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
             if epoch % checkpoint_every == 0 or epoch == total:
                 save_checkpoint(out, spec, model, history)
         if not history or history[-1]["epoch"] != model.epoch:  # e.g. resumed after the last epoch
-            history.append({"epoch": model.epoch, **model.evaluate()})
+            history.append({"epoch": model.epoch, **plain(model.evaluate())})
     finally:
         if bar is not None:
             bar.close()
@@ -320,6 +342,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
         "wall_seconds": time.perf_counter() - started,
     })
     print(final_table(spec, data, final, model.epoch))
+    print(f"outputs in {out} (config.yaml, results.json, checkpoint.pt); tensorboard --logdir {out / TB_DIR}")
     return final
 
 

@@ -1,0 +1,178 @@
+"""Benchmark of the D2SC trainer at AWA2 dimensions (spec d2sc §12): seconds per DRG / DFG
+iteration and per evaluation, achieved GFLOP/s against (a) the spec's analytic FLOP convention
+applied to the real layer shapes and (b) the FLOPs of the matmuls actually executed (counted by
+torch.utils.flop_counter), and the device's own fp32 matmul ceiling measured in the same run.
+
+The features are random (only the timing matters).  Prints figures; asserts nothing.
+
+    python bench/d2sc.py --device cpu --iters 2 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from zsl.data.types import ZSLData  # noqa: E402
+from zsl.models.d2sc import D2SC  # noqa: E402
+
+# AWA2 (spec §1.1, §10): 50 classes (40/10), A = 85, Z = 312, R = C = 2048, widths 4096, batch 64
+AWA2 = dict(K=50, n_seen=40, A=85, R=2048, n_train=23527, n_test_seen=5882, n_test_unseen=7913)
+SPEC_GFLOP = {"DRG": 173.0, "DFG": 351.0}
+
+
+def awa2_like_data(n_train: int, n_test_seen: int, n_test_unseen: int, seed: int = 0) -> ZSLData:
+    """Random features with AWA2's shapes (timing only; not a dataset)."""
+    g = np.random.default_rng(seed)
+    K, ns, A, R = AWA2["K"], AWA2["n_seen"], AWA2["A"], AWA2["R"]
+    emb = g.random((K, A), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    feats = lambda n: g.random((n, R), dtype=np.float32)  # noqa: E731
+    return ZSLData(
+        name="bench-AWA2-shapes", protocol="validation", simulated=True, class_names=[str(k) for k in range(K)],
+        class_emb=emb, seen_classes=np.arange(ns), unseen_classes=np.arange(ns, K),
+        train_x=feats(n_train), train_y=g.integers(0, ns, n_train),
+        eval_seen_x=feats(n_test_seen), eval_seen_y=g.integers(0, ns, n_test_seen),
+        eval_unseen_x=feats(n_test_unseen), eval_unseen_y=g.integers(ns, K, n_test_unseen),
+        train_c=feats(n_train), eval_seen_c=feats(n_test_seen), eval_unseen_c=feats(n_test_unseen),
+    )
+
+
+def linear_flops_per_sample(module: torch.nn.Module) -> float:
+    """2 * sum(in * out) over the module's Linear layers: forward FLOPs per sample."""
+    return float(sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, torch.nn.Linear)))
+
+
+def analytic_gflop(model: D2SC, batch: int) -> dict:
+    """Spec §12 convention on the real layer shapes: trained layer = fwd + wgrad (+ igrad), GP = 4x fwd.
+
+    DRG critic step: Dec 2F, G_c F, D_c0 and D_ct (real + fake) 2*2F + GP 4F each;
+    G step: G_c 3F, D_c0 2F, D_ct 2F, Dec F.
+    DFG critic step: E F, G_x F, Dec 2F, three critics 8F each; G step: E 3F, G_x 3F,
+    three critics 2F each, Dec F (test-seen monitor not counted: off by default).
+    """
+    f = {k: linear_flops_per_sample(v) for k, v in model.nets.items()}
+    ci = model.cfg.critic_iter
+    drg = ci * (2 * f["Dec_c"] + f["G_c"] + 8 * f["D_c0"] + 8 * f["D_ct"]) \
+        + 3 * f["G_c"] + 2 * f["D_c0"] + 2 * f["D_ct"] + f["Dec_c"]
+    dfg = ci * (f["E"] + f["G_x"] + 2 * f["Dec_x"] + 8 * (f["D_x0"] + f["D_xt"] + f["D_xc"])) \
+        + 3 * (f["E"] + f["G_x"]) + 2 * (f["D_x0"] + f["D_xt"] + f["D_xc"]) + f["Dec_x"]
+    return {"DRG": drg * batch / 1e9, "DFG": dfg * batch / 1e9}
+
+
+class MatmulFlopCounter(TorchDispatchMode):
+    """Sums the FLOPs of every executed matmul-like op (torch's own per-op formulas, from the
+    operand shapes).  Unlike FlopCounterMode it tracks no modules, which breaks on autograd.grad."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_iterations(model: D2SC, stage: str, iters: int) -> tuple[float, float]:
+    """(seconds per iteration, counted GFLOP per iteration) for one stage, after one warm-up iteration."""
+    step = model._drg_iteration if stage == "DRG" else model._dfg_iteration
+    log: dict = {}
+    with MatmulFlopCounter() as counter:
+        step(log)                                      # warm-up, also counts the FLOPs
+    _sync(model.device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step(log)
+    torch.stack(list(log.values())).sum().item()     # one host sync, as an epoch does
+    _sync(model.device)
+    return (time.perf_counter() - start) / iters, counter.total / 1e9
+
+
+def matmul_ceiling(device: torch.device, n: int, batch_rows: int = 64, reps: int = 5) -> tuple[float, float]:
+    """Measured fp32 GFLOP/s of an n x n x n matmul and of a batch_rows x n x n one (launch-bound shape)."""
+    out = []
+    for rows in (n, batch_rows):
+        a, b = torch.randn(rows, n, device=device), torch.randn(n, n, device=device)
+        a @ b
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        out.append(2.0 * rows * n * n * reps / (time.perf_counter() - start) / 1e9)
+    return out[0], out[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--iters", type=int, default=2, help="timed iterations per stage (after one warm-up)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--compile", action="store_true", help="torch.compile every network")
+    p.add_argument("--adam", choices=("fused", "foreach"), default="fused")
+    p.add_argument("--eval", action="store_true", help="also time one DFG evaluation (needs zsl.evaluation)")
+    p.add_argument("--syn-num", type=int, default=8000, help="synthetic features per unseen class in the evaluation")
+    p.add_argument("--data-scale", type=float, default=1.0, help="fraction of AWA2's image counts to build")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sizes = {k: max(64, int(AWA2[k] * args.data_scale)) for k in ("n_train", "n_test_seen", "n_test_unseen")}
+    data = awa2_like_data(**sizes)
+    config = dict(noise_dim=312, gen_hidden=4096, ngh=4096, ndh=4096, batch_size=64, critic_iter=5,
+                  drg_epochs=1, dfg_epochs=1, syn_num=args.syn_num, fused_adam=args.adam == "fused",
+                  compile=args.compile)
+    model = D2SC(config, data, device, seed=0)
+    for net in model.nets.values():
+        net.train()
+    params = {k: sum(p.numel() for p in v.parameters()) / 1e6 for k, v in model.nets.items()}
+    analytic = analytic_gflop(model, 64)
+    big, small = matmul_ceiling(device, 2048 if device.type == "cpu" else 8192, 64)
+
+    print(f"D2SC benchmark, AWA2 shapes (R=C=2048, A=85, Z=312, widths 4096, batch 64), random features")
+    print(f"device {device}  torch {torch.__version__}  threads {torch.get_num_threads()}  adam {args.adam}  "
+          f"compile {args.compile}")
+    print("parameters (M): " + ", ".join(f"{k} {v:.2f}" for k, v in params.items()))
+    print(f"fp32 matmul ceiling: {big:.1f} GFLOP/s (square), {small:.1f} GFLOP/s (64-row, launch-bound shape)")
+    for stage in ("DRG", "DFG"):
+        sec, counted = time_iterations(model, stage, args.iters)
+        print(f"{stage}: {sec:.3f} s/iteration ({args.iters} timed) | GFLOP/iteration: spec {SPEC_GFLOP[stage]:.0f}, "
+              f"spec convention on real shapes {analytic[stage]:.1f}, executed matmuls {counted:.1f} | "
+              f"achieved {counted / sec:.1f} GFLOP/s = {100 * counted / sec / big:.0f}% of ceiling | "
+              f"epoch of {math.ceil(sizes['n_train'] / 64)} iterations ~ {sec * math.ceil(sizes['n_train'] / 64) / 60:.1f} min")
+    if args.eval:
+        try:
+            import zsl.evaluation  # noqa: F401
+        except ModuleNotFoundError:
+            print("evaluation: skipped (zsl.evaluation is not available in this checkout)")
+            return
+        model.epoch = model.epochs_total      # score the DFG generator
+        _sync(device)
+        start = time.perf_counter()
+        res = model.evaluate()
+        _sync(device)
+        print(f"evaluation (DFG, view V, syn_num {args.syn_num}, {sizes['n_train']} real train rows): "
+              f"{time.perf_counter() - start:.1f} s  (H {res['H']:.1f} on random features: meaningless)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""One search experiment: options -> a Ray Tune Tuner (new or restored) -> results.
+
+The experiment directory ``<storage_path>/<name>/`` holds Ray's trial folders (TensorBoard event
+files, results, checkpoints), ``search.json`` (the options and context of this search, read by
+the report) and ``optuna.db`` (the Optuna study, unless ``optuna_storage`` names another database).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from zsl.errors import UserError
+from hpo.spaces import Space, load_space
+from hpo.trainable import OBJECTIVES, SearchContext
+
+SEARCH_FILE = "search.json"
+STUDY_FILE = "optuna.db"
+SIM_DATASETS = ["sim-AWA2", "sim-CUB", "sim-SUN"]
+REAL_DATASETS = ["AWA2", "CUB", "SUN"]
+
+
+@dataclass
+class SearchOptions:
+    """The validated options of a search (the CLI's flags, as data)."""
+
+    space: str = "d2sc"
+    datasets: list | None = None
+    data_root: str | None = None
+    scale: str = "small"
+    num_samples: int = 8
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    name: str | None = None
+    storage_path: str = "~/zsl-hpo-results"
+    address: str | None = None
+    resume: bool = False
+    force: bool = False
+    seed: int = 0
+    time_budget: float | None = None
+    objective: str = "mean"
+    max_epochs: int | None = None
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+    scheduler: str = "asha"
+    searcher: str = "tpe"
+    optuna_storage: str | None = None
+    max_failures: int = 1
+    verbose: int = 1
+
+    def resolved_datasets(self) -> list[str]:
+        return list(self.datasets) if self.datasets else (REAL_DATASETS if self.data_root else SIM_DATASETS)
+
+    def experiment_name(self) -> str:
+        return self.name or f"{Path(self.space).stem}-search"
+
+
+def check_options(opts: SearchOptions) -> None:
+    """One-sentence UserErrors for values argparse cannot check."""
+    checks = [
+        (opts.num_samples >= 1, "--num-samples must be >= 1"),
+        (opts.max_concurrent >= 1, "--max-concurrent must be >= 1"),
+        (opts.cpus_per_trial > 0, "--cpus-per-trial must be > 0"),
+        (opts.gpus_per_trial >= 0, "--gpus-per-trial must be >= 0 (fractions allowed)"),
+        (opts.max_epochs is None or opts.max_epochs >= 1, "--max-epochs must be >= 1"),
+        (opts.grace_period >= 1, "--grace-period must be >= 1"),
+        (opts.reduction_factor > 1, "--reduction-factor must be > 1"),
+        (opts.time_budget is None or opts.time_budget > 0, "--time-budget must be > 0 seconds"),
+        (opts.objective in OBJECTIVES, "--objective must be mean or min"),
+        (not (opts.resume and opts.force), "--resume and --force exclude each other: pass one"),
+        (opts.max_epochs is None or opts.grace_period <= opts.max_epochs, "--grace-period must not exceed --max-epochs"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message + ".")
+    if len(set(opts.resolved_datasets())) != len(opts.resolved_datasets()):
+        raise UserError("--datasets lists a dataset twice: list each once.")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def experiment_dir(opts: SearchOptions) -> str:
+    """``<storage_path>/<name>`` (local paths expanded and made absolute)."""
+    base = opts.storage_path if is_uri(opts.storage_path) else str(Path(opts.storage_path).expanduser().resolve())
+    return f"{base.rstrip('/')}/{opts.experiment_name()}"
+
+
+def sidecar_dir(opts: SearchOptions) -> Path:
+    """Where search.json and optuna.db live: the experiment dir, or ./<name>.hpo for a URI storage."""
+    exp = experiment_dir(opts)
+    return Path(f"{opts.experiment_name()}.hpo").resolve() if is_uri(exp) else Path(exp)
+
+
+def specialised_space(opts: SearchOptions) -> tuple[Space, str | None, dict]:
+    """The space of ``opts`` specialised to its datasets (see Space.specialise)."""
+    return load_space(opts.space).specialise(all(d.startswith("sim-") for d in opts.resolved_datasets()))
+
+
+def make_context(opts: SearchOptions, preset: str | None, overrides: dict, model: str) -> SearchContext:
+    return SearchContext(
+        model=model, preset=preset, datasets=opts.resolved_datasets(), data_root=opts.data_root,
+        scale=opts.scale, base_overrides=overrides, objective=opts.objective,
+        max_epochs=opts.max_epochs, seed=opts.seed, device="cuda" if opts.gpus_per_trial > 0 else "cpu",
+        torch_threads=max(1, int(opts.cpus_per_trial)),
+    )
+
+
+def check_datasets(ctx: SearchContext) -> None:
+    """Load each dataset's validation split once in the driver so bad names/paths fail before Ray starts."""
+    from zsl.data import load_dataset
+
+    for name in ctx.datasets:
+        load_dataset(name, data_root=ctx.data_root, protocol="validation", seed=ctx.seed, scale=ctx.scale)
+
+
+def prepare(opts: SearchOptions) -> tuple[Space, SearchContext, Path]:
+    """Validate options and space, guard the experiment dir (refuse overwrite), write search.json."""
+    check_options(opts)
+    sidecar = sidecar_dir(opts)
+    search_file = sidecar / SEARCH_FILE
+    exists = search_file.exists() or (not is_uri(experiment_dir(opts)) and Path(experiment_dir(opts)).exists())
+    if opts.resume:
+        if not search_file.exists():
+            raise UserError(f"--resume: no experiment at {experiment_dir(opts)}: check --name/--storage-path or start without --resume.")
+        saved = json.loads(search_file.read_text())
+        return specialised_space(opts)[0], SearchContext(**saved["context"]), sidecar
+    if exists and not opts.force:
+        raise UserError(f"experiment {experiment_dir(opts)} already exists: pass --resume to continue it, --force to overwrite it, or --name to start another.")
+    space, preset, overrides = specialised_space(opts)
+    ctx = make_context(opts, preset, overrides, space.model)
+    check_datasets(ctx)
+    if exists and opts.force:
+        if not is_uri(experiment_dir(opts)):
+            shutil.rmtree(experiment_dir(opts), ignore_errors=True)
+        shutil.rmtree(sidecar, ignore_errors=True)
+    sidecar.mkdir(parents=True, exist_ok=True)
+    record = {"options": asdict(opts), "context": ctx.to_dict(), "space_path": space.path,
+              "experiment_dir": experiment_dir(opts), "study_name": opts.experiment_name(),
+              "optuna_storage": optuna_url(opts, sidecar)}
+    search_file.write_text(json.dumps(record, indent=2))
+    return space, ctx, sidecar
+
+
+def optuna_url(opts: SearchOptions, sidecar: Path) -> str:
+    return opts.optuna_storage or f"sqlite:///{sidecar / STUDY_FILE}"
+
+
+def read_search(exp_dir: str | os.PathLike) -> dict:
+    """The search.json of an experiment directory (UserError when it is not one)."""
+    path = Path(exp_dir).expanduser() / SEARCH_FILE
+    if not path.is_file():
+        raise UserError(f"{Path(exp_dir)} is not a zsl-hpo experiment directory (no {SEARCH_FILE}): pass the folder printed by hpo/search.py.")
+    return json.loads(path.read_text())

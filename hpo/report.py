@@ -1,0 +1,278 @@
+"""Report of a finished search: ``python hpo/report.py EXPERIMENT_DIR [--skip-final] [--top K]``.
+
+Writes into ``EXPERIMENT_DIR/report/``: ``report.md`` (leaderboard with per-dataset H, final
+evaluation table), ``best_setting.yaml`` (replayable: ``python -m zsl.train --config FILE --dataset D``),
+``best_<dataset>.yaml`` (the best trial per dataset H), ``final.json`` and PNG plots.
+
+Final evaluation (unless --skip-final): the best shared setting, the published setting and each
+per-dataset best are retrained on full trainval (protocol ``final``) per dataset and evaluated once
+on test_seen / test_unseen -- the only place test images are read.  Everything is labelled with
+its protocol and with real/simulated data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (see hpo/search.py)
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    try:
+        import hpo.experiment  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, os.path.dirname(_here))
+
+import yaml  # noqa: E402
+
+from hpo.experiment import SearchOptions, read_search, specialised_space  # noqa: E402
+from hpo.spaces import published_point  # noqa: E402
+from hpo.trainable import SearchContext, aggregate, capped_epochs  # noqa: E402
+from zsl.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+
+
+@dataclass
+class TrialRecord:
+    """One trial as read back from its folder: params, per-epoch results, outcome."""
+
+    name: str
+    config: dict
+    rows: list
+    errored: bool
+
+    @property
+    def last(self) -> dict:
+        return self.rows[-1] if self.rows else {}
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.rows) and not self.errored and self.last["epoch"] >= self.last["epochs_total"]
+
+    def outcome(self) -> str:
+        return "errored" if self.errored else ("completed" if self.finished else "stopped early")
+
+
+def read_trials(exp: Path) -> list[TrialRecord]:
+    """Every trial folder of a Ray experiment (params.json, result.json, error files)."""
+    trials = []
+    for folder in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists()):
+        rows = []
+        if (folder / "result.json").exists():
+            rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+        errored = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
+        trials.append(TrialRecord(folder.name, json.loads((folder / "params.json").read_text()), rows, errored))
+    return trials
+
+
+def leaderboard(trials: list[TrialRecord], datasets: list[str], k: int) -> list[TrialRecord]:
+    """Top-k: completed trials by final objective first, then early-stopped ones (their runs are shorter)."""
+    scored = [t for t in trials if t.rows and math.isfinite(t.last.get("objective", math.nan))]
+    return sorted(scored, key=lambda t: (not t.finished, -t.last["objective"]))[:k]
+
+
+def best_per_dataset(trials: list[TrialRecord], datasets: list[str]) -> dict:
+    """{dataset: trial} with the highest final H on that dataset among completed trials."""
+    done = [t for t in trials if t.finished] or [t for t in trials if t.rows]
+    return {d: max(done, key=lambda t: t.last.get(f"{d}/H", -1.0)) for d in datasets} if done else {}
+
+
+def setting_doc(ctx: SearchContext, params: dict) -> dict:
+    """A --config file for zsl.train: {model, preset, config} (base overrides + the setting)."""
+    return {"model": ctx.model, "preset": ctx.preset, "config": {**ctx.base_overrides, **params}}
+
+
+def final_evaluate(ctx: SearchContext, params: dict, dataset: str) -> dict:
+    """Retrain ``params`` on full trainval (protocol final) and evaluate once on the test split."""
+    import torch
+
+    from zsl.data import load_dataset
+    from zsl.models import get_model, make_config
+
+    torch.set_num_threads(max(1, ctx.torch_threads))
+    data = load_dataset(dataset, data_root=ctx.data_root, protocol="final", seed=ctx.seed, scale=ctx.scale)
+    config = make_config(ctx.model, ctx.preset, dataset, {**ctx.base_overrides, **params})
+    run = get_model(ctx.model)(config, data, "cpu", ctx.seed)
+    start = time.perf_counter()
+    for _ in range(capped_epochs(run, ctx.max_epochs)):
+        run.train_epoch()
+    scores = run.evaluate()
+    return {k: float(scores[k]) for k in ("S", "U", "H", "ZSL")} | {"seconds": time.perf_counter() - start}
+
+
+def final_evaluations(ctx: SearchContext, settings: dict) -> dict:
+    """{setting name: {dataset: scores}}; identical settings are trained once (same seed, same result)."""
+    done: dict = {}
+    out = {}
+    for name, params in settings.items():
+        key = json.dumps(params, sort_keys=True)
+        if key not in done:
+            done[key] = {d: final_evaluate(ctx, params, d) for d in ctx.datasets}
+        out[name] = done[key]
+    return out
+
+
+def plot_best_so_far(trials: list[TrialRecord], path: Path, label: str) -> None:
+    """Best-so-far objective against cumulative epochs trained by the search (results in time order)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted((r["timestamp"], r["objective"]) for t in trials for r in t.rows if "objective" in r)
+    best, xs, ys = -math.inf, [], []
+    for i, (_, value) in enumerate(rows, start=1):
+        best = max(best, value)
+        xs.append(i)
+        ys.append(best)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.step(xs, ys, where="post")
+    ax.set(xlabel="cumulative trial-epochs", ylabel="best objective so far (H, %)", title=f"search progress ({label})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_top_trials(top: list[TrialRecord], datasets: list[str], path: Path, label: str) -> None:
+    """Grouped bars: per-dataset final H of the top trials."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(1, len(top))
+    for i, trial in enumerate(top):
+        ax.bar([d + i * width for d in range(len(datasets))], [trial.last.get(f"{ds}/H", 0.0) for ds in datasets],
+               width, label=trial.name.split("_")[1])
+    ax.set_xticks([d + 0.4 - width / 2 for d in range(len(datasets))], datasets)
+    ax.set(ylabel="H (%)", title=f"per-dataset H of the top trials ({label})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_importances(record: dict, path: Path) -> dict:
+    """Optuna fANOVA parameter importances over completed trials (skipped below 4); returns them."""
+    import optuna
+
+    study = optuna.load_study(study_name=record["study_name"], storage=record["optuna_storage"])
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(completed) < 4:
+        return {}
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # e.g. a single distinct setting
+        return {}
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(importances) + 1.5))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names])
+    ax.set(xlabel="importance (fANOVA)", title="parameter importances")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return importances
+
+
+def write_report(exp_dir: str, top_k: int = 5, skip_final: bool = False, out: str | None = None) -> Path:
+    """Build every report artefact of ``exp_dir``; returns the report folder."""
+    exp = Path(exp_dir).expanduser()
+    record = read_search(exp)
+    ctx = SearchContext(**record["context"])
+    opts = SearchOptions(**record["options"])
+    space, _, _ = specialised_space(opts)
+    kind = "simulated" if all(d.startswith("sim-") for d in ctx.datasets) else "real"
+    label = f"{kind} data"
+    trials = read_trials(exp)
+    if not trials:
+        raise UserError(f"{exp} holds no trials yet: run the search first.")
+    folder = Path(out) if out else exp / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    top = leaderboard(trials, ctx.datasets, top_k)
+    if not top:
+        raise UserError(f"no trial of {exp} reported a finite objective: nothing to report.")
+    best, per_dataset = top[0], best_per_dataset(trials, ctx.datasets)
+    constants = {p.name: p.value for p in space.params if p.kind == "fixed"}
+    settings = {"best shared": best.config, "published": {**constants, **published_point(space)}}
+    write_yaml(folder / "best_setting.yaml", setting_doc(ctx, best.config),
+               f"best shared setting of {exp.name} ({ctx.objective} H over datasets, validation protocol, {label})")
+    for d, trial in per_dataset.items():
+        write_yaml(folder / f"best_{d}.yaml", {**setting_doc(ctx, trial.config), "dataset": d},
+                   f"best trial of {exp.name} on {d} H (validation protocol, {label})")
+        settings[f"best on {d}"] = trial.config
+    plot_best_so_far(trials, folder / "best_so_far.png", label)
+    plot_top_trials(top, ctx.datasets, folder / "top_trials_h.png", label)
+    importances = plot_importances(record, folder / "importances.png")
+    final = {} if skip_final else final_evaluations(ctx, settings)
+    (folder / "final.json").write_text(json.dumps({"protocol": "final", "data": kind, "objective": ctx.objective,
+                                                   "settings": settings, "results": final}, indent=2))
+    text = render(exp, ctx, label, trials, top, per_dataset, final, importances)
+    (folder / "report.md").write_text(text)
+    print(text)
+    return folder
+
+
+def write_yaml(path: Path, doc: dict, comment: str) -> None:
+    """``doc`` as YAML under a one-line ``# comment`` (usable as python -m zsl.train --config)."""
+    path.write_text(f"# {comment}\n# replay: python -m zsl.train --config {path.name} --dataset <name>\n"
+                    + yaml.safe_dump(doc, sort_keys=False))
+
+
+def render(exp: Path, ctx: SearchContext, label: str, trials, top, per_dataset, final: dict, importances: dict) -> str:
+    """report.md as text."""
+    ds = ctx.datasets
+    counts = {o: sum(t.outcome() == o for t in trials) for o in ("completed", "stopped early", "errored")}
+    lines = [f"# Search report: {exp.name} ({label})", "",
+             f"Model {ctx.model} (preset {ctx.preset}), datasets {', '.join(ds)} -- {label}, "
+             f"objective = {ctx.objective} H over datasets. Trials: {len(trials)} "
+             f"({', '.join(f'{v} {k}' for k, v in counts.items())}).", "",
+             "## Leaderboard (protocol: validation -- scored on held-out trainval, never test images)", "",
+             "| rank | trial | outcome | epochs | objective (last) | best so far | " + " | ".join(f"{d} H" for d in ds) + " |",
+             "|" + "---|" * (6 + len(ds))]
+    for i, t in enumerate(top, 1):
+        lines.append(f"| {i} | {t.name.split('_')[1]} | {t.outcome()} | {t.last['epoch']}/{t.last['epochs_total']} | "
+                     f"{t.last['objective']:.2f} | {t.last['best_objective']:.2f} | "
+                     + " | ".join(f"{t.last.get(f'{d}/H', float('nan')):.2f}" for d in ds) + " |")
+    lines += ["", "Best shared setting (best_setting.yaml):", "", "```", yaml.safe_dump(top[0].config).strip(), "```", ""]
+    lines += ["Best trial per dataset (validation H): " + ", ".join(f"{d}: {t.name.split('_')[1]}" for d, t in per_dataset.items()), ""]
+    if importances:
+        lines += ["Parameter importances (Optuna fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()), ""]
+    if final:
+        lines += [f"## Final evaluation (protocol: final -- retrained on full trainval, evaluated once on test; {label})", "",
+                  "| setting | " + " | ".join(f"{d} S / U / H" for d in ds) + f" | {ctx.objective} H |", "|" + "---|" * (2 + len(ds))]
+        for name, per in final.items():
+            hs = [per[d]["H"] for d in ds]
+            lines.append(f"| {name} | " + " | ".join(f"{per[d]['S']:.1f} / {per[d]['U']:.1f} / {per[d]['H']:.1f}" for d in ds)
+                         + f" | {aggregate(hs, ctx.objective):.2f} |")
+        lines += ["", "The cost of one shared setting: compare each dataset's H under 'best shared' with 'best on <dataset>'.", ""]
+    else:
+        lines += ["Final evaluation skipped (--skip-final).", ""]
+    lines += ["Plots: best_so_far.png, top_trials_h.png" + (", importances.png" if importances else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hpo/report.py", description="Leaderboard, best setting, plots and final test evaluation of a search.")
+    parser.add_argument("experiment_dir")
+    parser.add_argument("--top", type=int, default=5, help="leaderboard size")
+    parser.add_argument("--skip-final", action="store_true", help="skip the final retrain + test evaluation")
+    parser.add_argument("--out", help="report folder (default EXPERIMENT_DIR/report)")
+    args = parser.parse_args(argv)
+    try:
+        write_report(args.experiment_dir, args.top, args.skip_final, args.out)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

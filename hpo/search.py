@@ -1,0 +1,74 @@
+"""Command line of the search: ``python hpo/search.py --space d2sc [...]`` (logic in hpo.tuner / hpo.experiment)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: hpo/ itself must not shadow modules; the project must import
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    try:
+        import hpo.tuner  # noqa: F401  (installed with pip install -e . or on PYTHONPATH)
+    except ImportError:
+        sys.path.insert(0, os.path.dirname(_here))
+
+from hpo.experiment import SearchOptions  # noqa: E402
+from zsl.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one sentence, exit 2, no usage dump
+        print(f"error: {message}; see --help.", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SearchOptions()
+    p = _Parser(prog="hpo/search.py", description="Cross-dataset hyperparameter search (Ray Tune + Optuna TPE + ASHA).")
+    p.add_argument("--space", default=d.space, help="search space name under search_spaces/ or a .yaml path (default d2sc)")
+    p.add_argument("--datasets", type=lambda s: [x for x in s.split(",") if x],
+                   help="comma-separated datasets (default sim-AWA2,sim-CUB,sim-SUN; AWA2,CUB,SUN with --data-root)")
+    p.add_argument("--data-root", help="folder holding the real xlsa17 datasets")
+    p.add_argument("--scale", choices=["small", "full"], default=d.scale, help="size of simulated datasets")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="number of trials")
+    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="trials running at once")
+    p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
+    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="GPU share per trial (fractions pack trials)")
+    p.add_argument("--name", help="experiment name (default <space>-search)")
+    p.add_argument("--storage-path", default=d.storage_path, help="local folder or URI Ray accepts (s3://...)")
+    p.add_argument("--address", help="join a running Ray cluster (e.g. auto)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    p.add_argument("--force", action="store_true", help="delete an existing experiment of this name and start over")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--time-budget", type=float, help="stop starting/continuing trials after this many seconds")
+    p.add_argument("--objective", choices=["mean", "min"], default=d.objective, help="aggregate of H over datasets")
+    p.add_argument("--max-epochs", type=int, help="cap on each run's epochs (both stages together)")
+    p.add_argument("--grace-period", type=int, default=d.grace_period, help="ASHA: epochs before a trial may be stopped")
+    p.add_argument("--reduction-factor", type=float, default=d.reduction_factor, help="ASHA reduction factor")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default=d.scheduler)
+    p.add_argument("--searcher", choices=["tpe", "random"], default=d.searcher)
+    p.add_argument("--optuna-storage", help="Optuna RDB URL (default: sqlite optuna.db inside the experiment dir)")
+    p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a failed trial from its checkpoint")
+    p.add_argument("--verbose", type=int, default=d.verbose, choices=[0, 1, 2, 3])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    try:
+        from hpo.tuner import run_search
+
+        run_search(SearchOptions(**args))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with the same command plus --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

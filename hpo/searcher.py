@@ -1,0 +1,107 @@
+"""Searcher and scheduler: Optuna TPE (or random) through Ray, with early-stopped trials told PRUNED.
+
+Ray's stock ``OptunaSearch`` tells Optuna that a trial ASHA stopped early is COMPLETE with its last
+value, so TPE learns from truncated runs as if they had finished.  :class:`PruningOptunaSearch`
+tells Optuna PRUNED for any trial that ended without error before its last epoch (its intermediate
+values, reported every epoch, stay recorded), FAIL for errored or non-finite ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from hpo.spaces import DefineByRun, Space, published_point
+
+logger = logging.getLogger(__name__)
+METRIC, MODE = "objective", "max"
+EPOCH_ATTR = "epoch"
+
+
+def final_state(result: dict | None, error: bool) -> TrialState:
+    """The Optuna state of a finished Ray trial from its last result.
+
+    Errored, result-less or non-finite -> FAIL; stopped before ``epochs_total`` -> PRUNED; else COMPLETE.
+    """
+    if error or not result or not _finite(result.get(METRIC)):
+        return TrialState.FAIL
+    if result.get(EPOCH_ATTR, 0) < result.get("epochs_total", 0):
+        return TrialState.PRUNED
+    return TrialState.COMPLETE
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class PruningOptunaSearch(OptunaSearch):
+    """OptunaSearch whose early-stopped trials reach Optuna as PRUNED (see module docstring)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Record the trial's objective at this epoch as an Optuna intermediate value (once per step)."""
+        steps = self.__dict__.setdefault("_reported_steps", {}).setdefault(trial_id, set())
+        step = result.get("training_iteration")
+        value = result.get(METRIC)
+        if trial_id in self._completed_trials or step in steps or not _finite(value):
+            return
+        try:
+            self._ot_trials[trial_id].report(float(value), step)
+        except UpdateFinishedTrialError:  # told already before a driver crash; the study keeps that record
+            pass
+        steps.add(step)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        state = final_state(result, error)
+        value = result[METRIC] if state == TrialState.COMPLETE else None
+        if state == TrialState.PRUNED:
+            # Ray calls on_trial_complete, not on_trial_result, with the result that made the scheduler
+            # stop the trial: record it; Optuna then takes the last intermediate value as the trial's value.
+            self.on_trial_result(trial_id, result)
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except ValueError as err:  # "Cannot tell a COMPLETE trial": told before a driver crash (stale searcher state)
+            logger.info("Optuna already holds the end of trial %s: %s", trial_id, err)
+        self._completed_trials.add(trial_id)
+
+
+def make_sampler(searcher: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
+    """Seeded multivariate TPE (startup trials: a third of the budget, 3..10) or a seeded random sampler."""
+    if searcher == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = max(3, min(10, num_samples // 3))
+    with warnings.catch_warnings():  # multivariate/group/constant_liar are marked experimental by Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup,
+                                          constant_liar=True)
+
+
+def make_search_alg(space: Space, *, searcher: str, seed: int, num_samples: int, storage_url: str,
+                    study_name: str, max_concurrent: int) -> ConcurrencyLimiter:
+    """The searcher: PruningOptunaSearch over the space (published point first) under a ConcurrencyLimiter."""
+    storage = optuna.storages.RDBStorage(storage_url)
+    published = published_point(space)
+    search = PruningOptunaSearch(
+        space=DefineByRun(space), metric=METRIC, mode=MODE,
+        points_to_evaluate=[published] if published else None,
+        sampler=make_sampler(searcher, seed, num_samples), study_name=study_name, storage=storage,
+    )
+    return ConcurrencyLimiter(search, max_concurrent=max_concurrent)
+
+
+def make_scheduler(kind: str, *, max_t: int, grace_period: int, reduction_factor: float):
+    """ASHA over the ``epoch`` counter (one counter across all stages) or FIFO (no early stopping)."""
+    if kind == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr=EPOCH_ATTR, max_t=max_t, grace_period=grace_period,
+                         reduction_factor=reduction_factor)

@@ -1,0 +1,213 @@
+"""End-to-end searches on a real local Ray: ASHA stops trials, Optuna records them PRUNED,
+TensorBoard HParams hold every trial, an error does not stop the search, SIGINT/SIGKILL + --resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+from optuna.trial import TrialState
+
+from hpo.experiment import SearchOptions, read_search
+from hpo.tuner import run_search
+from zsl.models import make_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ["sim-AWA2", "sim-CUB"]
+EPOCHS = 8
+SPACE = """
+model: eszsl
+preset: small
+params:
+  gamma: {type: float, low: 1.0e-3, high: 1.0e+3, log: true}
+  lam: {type: float, low: 1.0e-3, high: 1.0e+3, log: true}
+  steps_per_epoch: {type: categorical, choices: [2, 5, 10, 0]}   # 0 makes the model refuse: an errored trial
+  solver: {type: fixed, value: gradient}
+  epochs: {type: fixed, value: 8}
+published: {gamma: 1.0, lam: 0.1, steps_per_epoch: 5}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+    info = ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=env, log_to_driver=False)
+    yield info.address_info["gcs_address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def search(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    space = tmp / "space.yaml"
+    space.write_text(SPACE)
+    opts = SearchOptions(space=str(space), datasets=DATASETS, num_samples=8, max_concurrent=2, name="e2e",
+                         storage_path=str(tmp), seed=3, grace_period=1, reduction_factor=2, max_failures=0, verbose=0)
+    summary = run_search(opts)
+    exp = Path(summary.experiment_dir)
+    record = read_search(exp)
+    study = optuna.load_study(study_name=record["study_name"], storage=record["optuna_storage"])
+    return summary, exp, study
+
+
+def _trial_dirs(exp: Path):
+    return sorted(p for p in exp.iterdir() if p.is_dir() and p.name.startswith("trainable_"))
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_asha_stops_trials_and_optuna_records_them_pruned(search):
+    summary, exp, study = search
+    assert summary.trials == 8
+    assert summary.stopped_early >= 1 and summary.completed >= 1 and summary.errored >= 1
+    states = [t.state for t in study.trials]
+    assert len(study.trials) == 8 and TrialState.RUNNING not in states
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(pruned) == summary.stopped_early and len(complete) == summary.completed and len(failed) == summary.errored
+    for t in pruned:
+        steps = sorted(t.intermediate_values)
+        assert 1 <= len(steps) < EPOCHS and steps == list(range(1, len(steps) + 1))
+        assert t.value == pytest.approx(t.intermediate_values[steps[-1]])
+    for t in complete:
+        assert sorted(t.intermediate_values) == list(range(1, EPOCHS + 1))
+    for t in failed:
+        assert t.params["steps_per_epoch"] == 0
+    assert study.trials[0].params == {"gamma": 1.0, "lam": 0.1, "steps_per_epoch": 5}  # published first
+
+
+def test_reports_per_dataset_scores_and_best_so_far(search):
+    _, exp, _ = search
+    reported = [rows for rows in map(_results, _trial_dirs(exp)) if rows]
+    assert reported
+    for rows in reported:
+        best = -1.0
+        for row in rows:
+            hs = [row[f"{d}/H"] for d in DATASETS]
+            assert row["objective"] == pytest.approx(sum(hs) / len(hs))
+            best = max(best, row["objective"])
+            assert row["best_objective"] == pytest.approx(best)
+            for d in DATASETS:
+                assert {f"{d}/S", f"{d}/U", f"{d}/ZSL", f"{d}/loss/loss"} <= set(row)
+            assert row["epochs_total"] == EPOCHS
+
+
+def _hparams(trial_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(trial_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    metric_tags, hparams = set(), {}
+    for content in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("experiment"):
+            metric_tags |= {m.name.tag for m in data.experiment.metric_infos}
+        if data.HasField("session_start_info"):
+            hparams.update(data.session_start_info.hparams)
+    return metric_tags, hparams, acc
+
+
+def test_tensorboard_hparams_for_every_trial_with_results(search):
+    summary, exp, _ = search
+    checked = 0
+    for trial_dir in _trial_dirs(exp):
+        rows = _results(trial_dir)
+        if not rows:
+            continue  # the errored trials never reported
+        metric_tags, hparams, acc = _hparams(trial_dir)
+        assert {"ray/tune/objective", "ray/tune/best_objective"} <= metric_tags, trial_dir.name
+        assert {"gamma", "lam", "steps_per_epoch"} <= set(hparams), trial_dir.name
+        best = acc.Scalars("ray/tune/best_objective")
+        assert len(best) == len(rows) and best[-1].value == pytest.approx(rows[-1]["best_objective"], rel=1e-5)
+        checked += 1
+    assert checked == summary.completed + summary.stopped_early >= 4  # early-stopped trials included
+
+
+def test_report_leaderboard_best_setting_and_final_evaluation(search):
+    from hpo.report import write_report
+    from zsl.train import read_config_file
+
+    summary, exp, _ = search
+    folder = write_report(str(exp), top_k=3)
+    text = (folder / "report.md").read_text()
+    assert "protocol: validation" in text and "protocol: final" in text and "simulated" in text
+    assert {"best_so_far.png", "top_trials_h.png", "best_setting.yaml", "final.json"} <= {p.name for p in folder.iterdir()}
+    doc = read_config_file(str(folder / "best_setting.yaml"))
+    final = json.loads((folder / "final.json").read_text())
+    assert doc["model"] == "eszsl" and doc["preset"] == "small" and doc["config"] == final["settings"]["best shared"]
+    make_config(doc["model"], doc["preset"], "sim-AWA2", doc["config"])  # replayable through the seam
+    assert final["protocol"] == "final" and final["data"] == "simulated"
+    assert {"best shared", "published", "best on sim-AWA2", "best on sim-CUB"} <= set(final["results"])
+    for per in final["results"].values():
+        for d in DATASETS:
+            assert 0.0 <= per[d]["H"] <= 100.0 and 0.0 <= per[d]["ZSL"] <= 100.0
+    best, published = final["results"]["best shared"], final["results"]["published"]
+    if final["settings"]["best shared"] == final["settings"]["published"]:  # same setting and seed: same numbers
+        assert all(best[d][k] == published[d][k] for d in DATASETS for k in ("S", "U", "H", "ZSL"))
+
+
+def _cli(args, address):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    return subprocess.Popen([sys.executable, "hpo/search.py", *args, "--address", address], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _interrupt_and_resume(tmp_path, address, sig, name):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("[2, 5, 10, 0]", "[2, 5, 10]"))
+    args = ["--space", str(space), "--datasets", ",".join(DATASETS), "--num-samples", "4", "--max-concurrent", "2",
+            "--storage-path", str(tmp_path), "--name", name, "--scheduler", "fifo", "--verbose", "0"]
+    proc = _cli(args, address)
+    exp = tmp_path / name
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until at least one trial finished and others are running
+        done = [d for d in _trial_dirs(exp) if len(_results(d)) == EPOCHS] if exp.exists() else []
+        if done:
+            break
+        time.sleep(1)
+    assert done, "no trial finished before the interrupt"
+    before = {d.name: len(_results(d)) for d in _trial_dirs(exp)}
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    again = _cli(args, address)
+    out, _ = again.communicate(timeout=120)
+    assert "already exists" in out and again.returncode == 2  # refuses to overwrite without --resume
+    resumed = _cli([*args, "--resume"], address)
+    out, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out
+    after = {d.name: _results(d) for d in _trial_dirs(exp)}
+    assert len(after) == 4
+    graceful = sig == signal.SIGINT
+    for rows in after.values():  # every trial finished (from its last recorded checkpoint)
+        epochs = [r["epoch"] for r in rows]
+        assert sorted(set(epochs)) == list(range(1, EPOCHS + 1)) and epochs[-1] == EPOCHS
+        if graceful:  # Ctrl-C saves the experiment state: at most the epoch in flight is redone
+            assert len(epochs) <= EPOCHS + 1
+    for name_, count in before.items():
+        if count == EPOCHS and graceful:  # finished before the interrupt: kept, not re-run
+            assert len(after[name_]) == EPOCHS
+    record = read_search(exp)
+    study = optuna.load_study(study_name=record["study_name"], storage=record["optuna_storage"])
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 4  # every observation kept across the interrupt
+    return out
+
+
+def test_sigint_then_resume(ray_session, tmp_path):
+    _interrupt_and_resume(tmp_path, ray_session, signal.SIGINT, "sigint")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume(ray_session, tmp_path):
+    _interrupt_and_resume(tmp_path, ray_session, signal.SIGKILL, "sigkill")

@@ -1,0 +1,107 @@
+"""Loss terms of D2SC/ZeroDiff as pure functions on tensors (spec d2sc §5-§7).
+
+Shapes: B batch rows, D feature dims.  Every function returns a 0-d tensor (differentiable)
+unless stated otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def interpolate(real: torch.Tensor, fake: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP interpolate x̃ = u real + (1-u) fake; u: [B] in [0,1], real/fake: [B, D]."""
+    u = u.unsqueeze(1)
+    return u * real + (1.0 - u) * fake
+
+
+def gradient_penalty(grad: torch.Tensor) -> torch.Tensor:
+    """E[(||g_i||_2 - 1)^2] over rows of the critic's input gradient ``grad`` [B, D] (without lambda)."""
+    return ((grad.norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def weighted_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """WL1 = (1/B) sum_i sum_j |d_ij|^3 / ||d_i||_2 with d = pred - target (weights not detached).
+
+    Undefined (NaN) for a row with d_i = 0, as in the reference.
+    """
+    d = pred - target
+    return (d.abs() ** 3 / d.norm(2, dim=1, keepdim=True)).sum(1).mean()
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, e^logvar) || N(0, I)) summed over dims, averaged over the B rows."""
+    return -0.5 * (1.0 + logvar - mu**2 - logvar.exp()).sum() / mu.shape[0]
+
+
+def vae_loss(
+    x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+    recon: str = "mean", kl_clamp: float = 100.0,
+) -> torch.Tensor:
+    """Reconstruction + clamp(KL, 0, kl_clamp).
+
+    recon "mean": squared error averaged over B*D elements (D2SC reference);
+    "sum": squared error summed over dims, averaged over B (ZeroDiff-style scale).
+    """
+    sq = (x_hat - x) ** 2
+    rec = sq.mean() if recon == "mean" else sq.sum() / x.shape[0]
+    return rec + kl_standard_normal(mu, logvar).clamp(0.0, kl_clamp)
+
+
+def pairwise_sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """||x_i - y_j||^2 as [Bx, By] (clamped at 0 against rounding)."""
+    d = (x * x).sum(1, keepdim=True) + (y * y).sum(1).unsqueeze(0) - 2.0 * x @ y.T
+    return d.clamp_min(0.0)
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Biased MMD^2 with the kernel mean_s exp(-||u-v||^2 / (2 sigma_s^2)), diagonals included.
+
+    Averaging over bandwidths keeps MMD^2 in [0, 2] whatever their number, so gamma_mmd keeps its scale.
+
+    x: [Bx, D] generated, y: [By, D] real; sigmas: [S] bandwidths (one for the reference's sigma=1).
+    """
+    inv = 1.0 / (2.0 * sigmas**2)
+    def k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-pairwise_sq_dists(a, b).unsqueeze(-1) * inv).mean(-1)
+    return k(x, x).mean() + k(y, y).mean() - 2.0 * k(x, y).mean()
+
+
+def median_bandwidths(x: torch.Tensor, y: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Median-heuristic bandwidths sigma_s = sqrt(scale_s * median ||u - v||^2 / 2) over the pooled batch.
+
+    The median is taken over all pairs of [x; y] (off-diagonal), detached; returns [S].
+    """
+    pooled = torch.cat([x, y]).detach()
+    d = pairwise_sq_dists(pooled, pooled)
+    n = d.shape[0]
+    off = d[~torch.eye(n, dtype=torch.bool, device=d.device)]
+    med = off.median().clamp_min(1e-12)
+    return (scales * med / 2.0).sqrt()
+
+
+def center_loss(x_hat: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """(1/B) sum_i ||x̂_i - center_i||^2; centers: [B, D] (the class centre of each row)."""
+    return ((x_hat - centers) ** 2).sum(1).mean()
+
+
+def distillation_loss(w0: torch.Tensor, wt: torch.Tensor, wc: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Mutual-learning loss between the three DFG critics (spec §6 step 6), without gamma_dist.
+
+    w0, wt, wc: [B] per-sample real-minus-fake critic gaps; factor: [B] weight a_bar_t^factor_dist
+    applied to the four pairs that involve the diffusion critic.  Each pair pulls one gap towards
+    the other's stop-gradient value, so gradients reach all three critics.
+    """
+    def pull(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return (p - q.detach()) ** 2
+    return (
+        (factor * pull(w0, wt)).mean() + (factor * pull(wt, w0)).mean()
+        + (factor * pull(wc, wt)).mean() + (factor * pull(wt, wc)).mean()
+        + pull(w0, wc).mean() + pull(wc, w0).mean()
+    )
+
+
+def adapt_gp_weight(lam: torch.Tensor, mean_penalty: torch.Tensor, high: float = 1.05, low: float = 1.001,
+                    rate: float = 1.1) -> torch.Tensor:
+    """Adaptive GP weight of DFG: lam*rate if mean_penalty > high, lam/rate if < low, else lam (on device)."""
+    return torch.where(mean_penalty > high, lam * rate, torch.where(mean_penalty < low, lam / rate, lam))

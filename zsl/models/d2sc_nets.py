@@ -1,0 +1,158 @@
+"""Networks of D2SC (spec d2sc §3): generators, critics, encoder, V2S decoder, S2V projection.
+
+Dimensions: Z noise, R visual feature, C second view (contrastive representation), A class
+embedding, d_t time-encoding width.  Every Linear layer but S2V is initialised W ~ N(0, 0.02^2),
+b = 0 (:func:`init_weights`); there is no normalisation layer anywhere.  Layer widths are sized
+from the true concatenation of the inputs (spec §3 note 2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from zsl.diffusion import sinusoidal_embedding
+
+
+def init_weights(module: nn.Module) -> None:
+    """The reference rule: every Linear gets W ~ N(0, 0.02^2), b = 0 (uses the global torch RNG)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class TimeMLP(nn.Module):
+    """t [B] -> Linear(d_t->A) -> SiLU -> Linear(A->A) of the sinusoidal encoding; [B, A]."""
+
+    def __init__(self, dim_t: int, out_dim: int):
+        super().__init__()
+        self.dim_t = dim_t
+        self.net = nn.Sequential(nn.Linear(dim_t, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net(sinusoidal_embedding(t, self.dim_t))
+
+
+class ConMLP(nn.Module):
+    """phi(c): c [B, C] -> Linear(C->A) -> SiLU -> Linear(A->A); [B, A]."""
+
+    def __init__(self, con_dim: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(con_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.net(c)
+
+
+def _mlp2(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """Linear -> LeakyReLU(0.2) -> Linear."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, out_dim))
+
+
+class RepresentationGenerator(nn.Module):
+    """G_c (DRG): [z (Z); c_in (C); a (A); TimeMLP(s(t)) (A)] -> hidden -> C, sigmoid."""
+
+    def __init__(self, noise_dim: int, con_dim: int, att_dim: int, dim_t: int, hidden: int):
+        super().__init__()
+        self.time = TimeMLP(dim_t, att_dim)
+        self.net = _mlp2(noise_dim + con_dim + 2 * att_dim, hidden, con_dim)
+
+    def forward(self, z: torch.Tensor, c_in: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(torch.cat([z, c_in, a, self.time(t)], 1)))
+
+
+class FeatureGenerator(nn.Module):
+    """G_x (DFG): [z (Z); a (A); phi(c) (A); x_{t+1} (R); TimeMLP(s(t)) (A)] -> hidden -> R, sigmoid."""
+
+    def __init__(self, noise_dim: int, att_dim: int, con_dim: int, feat_dim: int, dim_t: int, hidden: int):
+        super().__init__()
+        self.con = ConMLP(con_dim, att_dim)
+        self.time = TimeMLP(dim_t, att_dim)
+        self.net = _mlp2(noise_dim + 3 * att_dim + feat_dim, hidden, feat_dim)
+
+    def forward(self, z: torch.Tensor, a: torch.Tensor, c: torch.Tensor, x_next: torch.Tensor,
+                t: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(torch.cat([z, a, self.con(c), x_next, self.time(t)], 1)))
+
+
+class Critic(nn.Module):
+    """A WGAN critic on [subject; x_{t+1}?; a?; phi(c)?; TimeMLP(s(t))?] -> ndh -> 1 (LeakyReLU).
+
+    ``subject`` is the input judged real/fake (and interpolated by the gradient penalty); the other
+    parts form the condition, built once per batch by :meth:`condition`.  The first layer on the
+    concatenation is stored as its two column blocks, ``fc1_subject`` (no bias) and ``fc1_cond``
+    (with the bias): W [s; k] = W_s s + W_c k, row by row the same layer.  :meth:`forward` takes n*B
+    subject rows for one B-row condition (real, fake and interpolates in one forward) and applies
+    W_c to the condition once.
+    """
+
+    def __init__(self, subject_dim: int, hidden: int, *, next_dim: int = 0, att_dim: int = 0,
+                 con_dim: int = 0, dim_t: int = 0, emb_dim: int = 0):
+        super().__init__()
+        self.next_dim, self.att_dim = next_dim, att_dim
+        self.con = ConMLP(con_dim, emb_dim) if con_dim else None
+        self.time = TimeMLP(dim_t, emb_dim) if dim_t else None
+        cond_dim = next_dim + att_dim + (emb_dim if con_dim else 0) + (emb_dim if dim_t else 0)
+        self.in_features = subject_dim + cond_dim
+        self.fc1_subject = nn.Linear(subject_dim, hidden, bias=False)
+        self.fc1_cond = nn.Linear(cond_dim, hidden)
+        self.fc2 = nn.Linear(hidden, 1)
+
+    def condition(self, *, x_next=None, a=None, c=None, t=None) -> torch.Tensor:
+        """The condition rows [B, cond_dim] in the order x_{t+1}, a, phi(c), TimeMLP(s(t))."""
+        parts = []
+        if self.next_dim:
+            parts.append(x_next)
+        if self.att_dim:
+            parts.append(a)
+        if self.con is not None:
+            parts.append(self.con(c))
+        if self.time is not None:
+            parts.append(self.time(t))
+        return torch.cat(parts, 1)
+
+    def forward(self, subject: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Critic values [n*B] for subject rows [n*B, s] (n blocks of B) against cond [B, k]."""
+        b = cond.shape[0]
+        h = self.fc1_subject(subject).view(-1, b, self.fc1_cond.out_features) + self.fc1_cond(cond)
+        return self.fc2(F.leaky_relu(h, 0.2)).reshape(-1)
+
+
+class Encoder(nn.Module):
+    """E (embed_type VA): [x (R); a (A)] -> hidden -> 2Z (LReLU both) -> heads mu, logvar [B, Z]."""
+
+    def __init__(self, feat_dim: int, att_dim: int, noise_dim: int, hidden: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(feat_dim + att_dim, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 2 * noise_dim), nn.LeakyReLU(0.2),
+        )
+        self.mu = nn.Linear(2 * noise_dim, noise_dim)
+        self.logvar = nn.Linear(2 * noise_dim, noise_dim)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(torch.cat([x, a], 1))
+        return self.mu(h), self.logvar(h)
+
+
+class SemanticDecoder(nn.Module):
+    """Dec (V2S): v [B, D] -> Linear(D->ngh), LReLU -> h; Linear(ngh->A), L2-normalised if ``normalise``.
+
+    forward returns (a_hat [B, A], h [B, ngh]).
+    """
+
+    def __init__(self, in_dim: int, hidden: int, att_dim: int, normalise: bool):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.fc2 = nn.Linear(hidden, att_dim)
+        self.normalise = normalise
+
+    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.leaky_relu(self.fc1(v), 0.2)
+        out = self.fc2(h)
+        if self.normalise:
+            out = F.normalize(out, dim=1)
+        return out, h
