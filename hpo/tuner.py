@@ -13,9 +13,13 @@ import ray
 from ray import tune
 
 import hpo
-from hpo.experiment import SearchOptions, check_options, experiment_dir, optuna_url, prepare
+from hpo.storage import fetch_sidecar, is_remote, sync_callbacks
+from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, check_options, experiment_dir, optuna_url,
+                            prepare, sidecar_dir)
 from hpo.searcher import METRIC, MODE, make_scheduler, make_search_alg
 from hpo.trainable import trainable
+
+SIDECAR_FILES = (SEARCH_FILE, STUDY_FILE)  # driver-side files copied to a remote experiment dir
 
 NO_CAP_MAX_T = 10_000  # ASHA's max_t when --max-epochs is not given: runs end at their own epochs_total
 
@@ -73,6 +77,7 @@ def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path) -> tune.Tuner:
             name=opts.experiment_name(), storage_path=storage, verbose=opts.verbose,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=sync_callbacks(path, sidecar, SIDECAR_FILES),
         ),
     )
 
@@ -127,8 +132,12 @@ def run_search(opts: SearchOptions) -> SearchSummary:
     start = time.perf_counter()
     if opts.resume:
         check_options(opts)
+        if is_remote(experiment_dir(opts)):  # a new driver has only the bucket
+            fetch_sidecar(experiment_dir(opts), sidecar_dir(opts), SIDECAR_FILES)
         opts = resumed_options(opts)
     space, ctx, sidecar = prepare(opts)
+    for sync in sync_callbacks(experiment_dir(opts), sidecar, SIDECAR_FILES):
+        sync.upload()  # search.json reaches the bucket before any trial runs
     if opts.verbose:
         print_start(opts, ctx, sidecar)
     init_ray(opts)
