@@ -111,10 +111,8 @@ def load_checkpoint(checkpoint: tune.Checkpoint, runs: dict) -> dict:
     """Restore every trainer from ``checkpoint``; returns the trial state saved with it."""
     with checkpoint.as_directory() as folder:
         path = os.path.join(folder, STATE_FILE)
-        try:
-            states = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a trainer state with non-tensor objects: trusted, written by this trainable
-            states = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint from shared storage is never unpickled as arbitrary objects
+        states = torch.load(path, map_location="cpu", weights_only=True)
         for name, run in runs.items():
             run.load_state_dict(states[name])
         with open(os.path.join(folder, TRIAL_FILE)) as fh:

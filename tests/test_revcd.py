@@ -92,7 +92,7 @@ def test_resume_equivalence_and_evaluate_leaves_training_stream():
     torch.manual_seed(123)                   # nor may the caller's global RNG matter
     blob = _state_bytes(first)
     resumed = RevCD(cfg, data, "cpu", seed=999)   # a fresh model; its own seed is overwritten by the state
-    resumed.load_state_dict(torch.load(io.BytesIO(blob), weights_only=False))
+    resumed.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
     losses += [resumed.train_epoch()["loss"] for _ in range(2)]
     assert resumed.epoch == 4
     assert losses == ref

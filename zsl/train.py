@@ -218,17 +218,13 @@ def save_checkpoint(out: Path, spec: RunSpec, model, history: list[dict]) -> Non
 
 
 def load_checkpoint(out: Path) -> dict:
-    """The checkpoint in ``out`` (tensors on CPU); weights_only unless the model stored other objects."""
+    """The checkpoint in ``out`` (tensors on CPU), loaded with weights_only (never arbitrary unpickling)."""
     import torch
 
     path = out / "checkpoint.pt"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # our own file, written by this tool; a model may keep non-tensor objects in its state
-        print(f"zsl.train: note: {path} needs full unpickling (the model stores non-tensor objects).", file=sys.stderr)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as err:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise UserError(f"--resume: {path} cannot be read ({err}); delete it or use --force.") from None
 
 
