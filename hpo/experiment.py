@@ -44,7 +44,7 @@ class SearchOptions:
     time_budget: float | None = None
     objective: str = "mean"
     max_epochs: int | None = None
-    grace_period: int = 1
+    grace_period: int = 4  # past the simulated spaces' 3 DRG epochs: ASHA judges trials on DFG (feature) scores
     reduction_factor: float = 3.0
     scheduler: str = "asha"
     searcher: str = "tpe"

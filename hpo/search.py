@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, help="stop starting/continuing trials after this many seconds")
     p.add_argument("--objective", choices=["mean", "min"], default=d.objective, help="aggregate of H over datasets")
     p.add_argument("--max-epochs", type=int, help="cap on each run's epochs (both stages together)")
-    p.add_argument("--grace-period", type=int, default=d.grace_period, help="ASHA: epochs before a trial may be stopped")
+    p.add_argument("--grace-period", type=int, default=d.grace_period, help="ASHA: epochs before a trial may be stopped (default 4: past the simulated runs' DRG stage)")
     p.add_argument("--reduction-factor", type=float, default=d.reduction_factor, help="ASHA reduction factor")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default=d.scheduler)
     p.add_argument("--searcher", choices=["tpe", "random"], default=d.searcher)

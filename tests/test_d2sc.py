@@ -49,6 +49,7 @@ def test_missing_second_view_uses_x_as_c():
     ({"eval_views": ["VX"]}, "eval_views"),
     ({"lr": 1.0}, "unknown hyperparameter 'lr'"),
     ({"critic_iter": 0}, "critic_iter"),
+    ({"iters_per_epoch": -1}, "iters_per_epoch"),
 ])
 def test_bad_options_raise_user_error(over, match):
     with pytest.raises(UserError, match=match):
@@ -89,6 +90,17 @@ def test_stage_order_step_counts_and_freezing():
     assert _steps(m.opts["D_x"]) == 3 * it and _steps(m.opts["G_x"]) == it and _steps(m.opts["E"]) == it
     assert _steps(m.opts["Dec_x"]) == 3 * it                     # freeze_dec: only critic steps
     assert not _same(dfg_before["S2V"], _params(m, "S2V"))       # s2v_trainable default
+
+
+@pytest.mark.parametrize("iters,batch", [(0, 32), (0, 7), (3, 32), (5, 7)])
+def test_iters_per_epoch_sets_iterations_of_each_stage(iters, batch):
+    """0: ceil(n_train/B) generator steps per epoch (spec); > 0: exactly that many, whatever n_train/B."""
+    m = _model(iters_per_epoch=iters, batch_size=batch, critic_iter=1, drg_epochs=1, dfg_epochs=1)
+    n = m.train_x.shape[0]
+    expected = iters or -(-n // batch)
+    assert m.iters_per_epoch == expected
+    assert m.train_epoch()["iterations"] == expected and _steps(m.opts["G_c"]) == expected
+    assert m.train_epoch()["iterations"] == expected and _steps(m.opts["G_x"]) == expected
 
 
 def test_reference_switches_freeze_s2v_and_step_dec():

@@ -42,6 +42,8 @@ class Config:
       drg_epochs, dfg_epochs: epochs of stage 1 and 2.  batch_size, critic_iter.
       batch_sampling: "random" = each batch is randperm(n)[:B] and an epoch is ceil(n/B) iterations
       (reference, §1.6); "permutation" = consecutive slices of a reshuffled permutation (true passes).
+      iters_per_epoch: 0 = the spec's ceil(n_train/B) iterations per epoch; > 0 = exactly that many
+      (same per-epoch compute on every dataset, e.g. for ASHA on small simulated data).
     Optimisation
       drg_lr, dfg_lr, dec_lr, beta1; fused_adam: use fused Adam kernels (same maths, faster).
       encoder_betas: "beta1" = the encoder uses (beta1, 0.999) like every other net (default: the
@@ -95,6 +97,7 @@ class Config:
     batch_size: int = 64
     critic_iter: int = 5
     batch_sampling: str = "random"
+    iters_per_epoch: int = 0
     drg_lr: float = 1e-3
     dfg_lr: float = 5e-4
     dec_lr: float = 1e-4
@@ -167,6 +170,8 @@ def check_config(cfg: Config, protocol: str) -> None:
     for key in ("batch_size", "critic_iter", "n_steps", "syn_num", "syn_num_drg", "gen_hidden", "ngh", "ndh"):
         if getattr(cfg, key) < 1:
             raise UserError(f"d2sc option '{key}' must be >= 1, got {getattr(cfg, key)}: fix the value.")
+    if cfg.iters_per_epoch < 0:
+        raise UserError(f"d2sc option 'iters_per_epoch' must be >= 0 (0 = ceil(n_train/batch_size)), got {cfg.iters_per_epoch}: fix the value.")
     if cfg.drg_epochs < 0 or cfg.dfg_epochs < 0:
         raise UserError("d2sc options 'drg_epochs' and 'dfg_epochs' must be >= 0: fix the values.")
     if protocol == "final":
@@ -257,7 +262,7 @@ class D2SC:
         self.mmd_scales = torch.tensor(cfg.mmd_scales, dtype=torch.float32, device=dev)
         self.epoch = 0
         self.epochs_total = cfg.drg_epochs + cfg.dfg_epochs
-        self.iters_per_epoch = math.ceil(self.train_x.shape[0] / cfg.batch_size)
+        self.iters_per_epoch = cfg.iters_per_epoch or math.ceil(self.train_x.shape[0] / cfg.batch_size)
         self._perm = torch.empty(0, dtype=torch.long, device=dev)
         self._perm_pos = 0
         self.best_drg = {"ZSL": -1.0, "G_c": None}
@@ -482,7 +487,7 @@ class D2SC:
 
     # ------------------------------------------------------------------ trainer protocol
     def train_epoch(self) -> dict:
-        """One epoch (ceil(n_train/B) iterations) of the current stage; returns mean losses, timing, stage."""
+        """One epoch (iters_per_epoch, by default ceil(n_train/B), iterations) of the current stage; returns mean losses, timing, stage."""
         if self.epoch >= self.epochs_total:
             raise RuntimeError(f"d2sc: all {self.epochs_total} epochs are done.")
         stage = self.stage
