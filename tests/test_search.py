@@ -187,9 +187,15 @@ def _interrupt_and_resume(tmp_path, address, sig, name):
     out, _ = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, out
     after = {d.name: _results(d) for d in _trial_dirs(exp)}
-    assert len(after) == 4
     graceful = sig == signal.SIGINT
-    for rows in after.values():  # every trial finished (from its last recorded checkpoint)
+    finished = {n: rows for n, rows in after.items() if rows and rows[-1]["epoch"] == EPOCHS}
+    assert len(finished) == 4  # the search reaches --num-samples finished trials
+    # SIGKILL gives Ray no chance to snapshot the experiment: a trial started after its last snapshot is
+    # unknown to the restored run and is sampled anew (its partial progress lost); at most max-concurrent.
+    orphans = set(after) - set(finished)
+    assert len(orphans) <= (0 if graceful else 2), orphans
+    assert all(before.get(n, 0) < EPOCHS for n in orphans)  # never a trial that had finished
+    for rows in finished.values():  # every trial finished (from its last recorded checkpoint)
         epochs = [r["epoch"] for r in rows]
         assert sorted(set(epochs)) == list(range(1, EPOCHS + 1)) and epochs[-1] == EPOCHS
         if graceful:  # Ctrl-C saves the experiment state: at most the epoch in flight is redone
@@ -197,10 +203,12 @@ def _interrupt_and_resume(tmp_path, address, sig, name):
     for name_, count in before.items():
         if count == EPOCHS and graceful:  # finished before the interrupt: kept, not re-run
             assert len(after[name_]) == EPOCHS
+        if count == EPOCHS:  # finished before the interrupt: still there and finished
+            assert name_ in finished
     record = read_search(exp)
     study = optuna.load_study(study_name=record["study_name"], storage=record["optuna_storage"])
-    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(finished) == 4  # every observation kept across the interrupt
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4  # every observation kept across the interrupt
     return out
 
 
