@@ -5,11 +5,12 @@ GZSL U over 40 candidate classes ~ 2.5 %.
 """
 
 import pytest
-import torch
 
 from zsl.data import load_dataset
 from zsl.models import get_model, make_config
 from zsl.models.d2sc import D2SC
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small nets: one thread beats two here
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,6 @@ def sim_awa2(tmp_path_factory):
 
 
 def _train(data, **over):
-    torch.set_num_threads(1)
     model = D2SC(make_config("d2sc", "small", "sim-AWA2", over), data, "cpu", seed=0)
     for _ in range(model.epochs_total):
         model.train_epoch()

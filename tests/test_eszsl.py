@@ -13,13 +13,7 @@ from zsl.models.eszsl import ESZSL, Config, closed_form, objective
 from zsl.trainer import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """ESZSL's tiny matmuls gain nothing from threads and suffer badly on a shared, loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: threads only add hand-off cost
 
 
 def _cfg(**overrides):

@@ -18,13 +18,7 @@ TINY = dict(hidden=32, time_dim=16, vis_tokens=4, vis_dim=16, vis_layers=1, vis_
             timesteps=50, sample_steps=10, batch_size=32, epochs=6, lr=2e-3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread beats two here
 
 
 def toy_data(n_classes=12, n_unseen=3, att_dim=16, feat_dim=32, per_class=40, seed=0) -> ZSLData:
