@@ -317,17 +317,15 @@ class D2SC:
     def _posterior(self, v0_hat: torch.Tensor, v_next: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return sample_posterior(self.sched, v0_hat, v_next, t, self._randn(*v0_hat.shape))
 
-    def _critic_terms(self, critic: Critic, cond: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
-        """(real scores [B], fake scores [B], E(||grad||-1)^2).
+    def _critic_terms(self, critic: Critic, cond: torch.Tensor, real: torch.Tensor, fake: torch.Tensor,
+                      u: torch.Tensor):
+        """(real scores [B], fake scores [B], E(||grad||-1)^2 at the interpolates u real + (1-u) fake).
 
-        Real and fake go through the critic in one concatenated forward; the interpolates go alone,
-        so that the penalty's input gradient and double backward touch only their B rows.
+        Real, fake and interpolates go through the critic's first layer in one 3B-row matmul, and the
+        penalty's backward is written out (:meth:`Critic.scores_and_penalty`): the gradients of
+        autograd's double backward without its zero-valued passes.
         """
-        scores = critic(torch.cat([real, fake]), cond)
-        mix = losses.interpolate(real, fake, self._rand(real.shape[0])).requires_grad_(True)
-        grad, = torch.autograd.grad(critic(mix, cond).sum(), mix, create_graph=True)
-        s_real, s_fake = scores.chunk(2)
-        return s_real, s_fake, losses.gradient_penalty(grad)
+        return critic.scores_and_penalty(real, fake, losses.interpolate(real, fake, u), cond)
 
     def _step(self, names: list[str], nets: list[str], clip: float = 0.0) -> None:
         """Clip (per net, if clip > 0) and step the named optimisers."""
@@ -354,22 +352,44 @@ class D2SC:
         c0_hat = self.nets["G_c"](self._randn(c0.shape[0], self.Z), c_in, a, t)
         return c0_hat, self._posterior(c0_hat, c_next, t)
 
+    @torch.no_grad()
+    def _drg_critic_batches(self, steps: int) -> list[dict]:
+        """The batches, diffused pairs, fakes (ĉ_0, ĉ_t) and GP mixing weights of ``steps`` critic steps.
+
+        G_c is frozen during the critic steps, so its ``steps`` forwards are one call on all rows.
+        Random numbers are drawn per step in the order of one step done alone (batch, t, pair noise,
+        z, posterior noise, u of D_c0, u of D_ct): the training stream is the same either way.
+        """
+        draws = []
+        for _ in range(steps):
+            _, c0, a, _ = self._batch()
+            t = self._timesteps(c0.shape[0])
+            c_t, c_next = self._pairs(c0, t)
+            z = self._randn(c0.shape[0], self.Z)
+            noise = self._randn(*c0.shape)
+            draws.append(dict(c0=c0, a=a, t=t, c_t=c_t, c_next=c_next, z=z, noise=noise,
+                              u0=self._rand(c0.shape[0]), ut=self._rand(c0.shape[0])))
+        cat = lambda key: torch.cat([d[key] for d in draws])  # noqa: E731
+        c_in = cat("c_next") if self.cfg.drg_generator_input == "noisy_next" else cat("c_t")
+        c0_hat = self.nets["G_c"](cat("z"), c_in, cat("a"), cat("t"))
+        ct_hat = sample_posterior(self.sched, c0_hat, cat("c_next"), cat("t"), cat("noise"))
+        for d, f0, ft in zip(draws, c0_hat.split(draws[0]["c0"].shape[0]), ct_hat.split(draws[0]["c0"].shape[0])):
+            d.update(c0_hat=f0, ct_hat=ft)
+        return draws
+
     def _drg_iteration(self, log: dict) -> None:
         """critic_iter critic steps (D_c0, D_ct, Dec_c) then one G_c step on the last batch (spec §5)."""
         cfg, n = self.cfg, self.nets
         critics = [n["D_c0"], n["D_ct"], n["Dec_c"]]
-        for _ in range(cfg.critic_iter):
-            _set_requires_grad(critics, True)
-            _set_requires_grad([n["G_c"]], False)
+        _set_requires_grad([n["G_c"]], False)
+        _set_requires_grad(critics, True)
+        for d in self._drg_critic_batches(cfg.critic_iter):
             self._zero(["D_c", "Dec_c"])
-            _, c0, a, _ = self._batch()
+            c0, a, t, c_t, c_next = d["c0"], d["a"], d["t"], d["c_t"], d["c_next"]
             loss_dec = F.mse_loss(n["Dec_c"](c0)[0], a)
-            t = self._timesteps(c0.shape[0])
-            c_t, c_next = self._pairs(c0, t)
-            with torch.no_grad():
-                c0_hat, ct_hat = self._drg_generate(c0, c_t, c_next, a, t)
-            r0, f0, gp0 = self._critic_terms(n["D_c0"], n["D_c0"].condition(a=a), c0, c0_hat)
-            rt, ft, gpt = self._critic_terms(n["D_ct"], n["D_ct"].condition(x_next=c_next, a=a, t=t), c_t, ct_hat)
+            r0, f0, gp0 = self._critic_terms(n["D_c0"], n["D_c0"].condition(a=a), c0, d["c0_hat"], d["u0"])
+            rt, ft, gpt = self._critic_terms(n["D_ct"], n["D_ct"].condition(x_next=c_next, a=a, t=t),
+                                             c_t, d["ct_hat"], d["ut"])
             wdist = cfg.gamma_x0 * (r0.mean() - f0.mean()) + cfg.gamma_xt * (rt.mean() - ft.mean())
             gp = cfg.gamma_x0 * gp0 + cfg.gamma_xt * gpt
             self._backward(loss_dec - wdist + cfg.lambda1 * gp, ["D_c0", "D_ct", "Dec_c"])
@@ -428,9 +448,9 @@ class D2SC:
                 x_t, x_next, t, x0_hat, xt_hat = self._dfg_generate(x0, c, a, z)
             loss_dec = cfg.gamma_recons * losses.weighted_l1(n["Dec_x"](x0)[0], a)
             k0, kt, kc = self._dfg_conditions(x_next, c, a, t)
-            r0, f0, gp0 = self._critic_terms(n["D_x0"], k0, x0, x0_hat)
-            rt, ft, gpt = self._critic_terms(n["D_xt"], kt, x_t, xt_hat)
-            rc, fc, gpc = self._critic_terms(n["D_xc"], kc, x0, x0_hat)
+            r0, f0, gp0 = self._critic_terms(n["D_x0"], k0, x0, x0_hat, self._rand(x0.shape[0]))
+            rt, ft, gpt = self._critic_terms(n["D_xt"], kt, x_t, xt_hat, self._rand(x0.shape[0]))
+            rc, fc, gpc = self._critic_terms(n["D_xc"], kc, x0, x0_hat, self._rand(x0.shape[0]))
             w0, wt, wc = r0 - f0, rt - ft, rc - fc
             wdist = cfg.gamma_x0 * w0.mean() + cfg.gamma_xt * wt.mean() + wc.mean()
             gp = cfg.gamma_x0 * gp0 + cfg.gamma_xt * gpt + gpc

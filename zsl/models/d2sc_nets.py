@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from zsl.diffusion import sinusoidal_embedding
@@ -78,6 +79,53 @@ class FeatureGenerator(nn.Module):
         return torch.sigmoid(self.net(torch.cat([z, a, self.con(c), x_next, self.time(t)], 1)))
 
 
+class _ScoresAndPenalty(torch.autograd.Function):
+    """Critic scores of real/fake rows and the WGAN-GP penalty of the interpolates, with a hand-written
+    backward (same gradients as autograd's double backward, without its zero-valued passes).
+
+    The critic is h = S W1^T + h_cond (per B-row block), score = LReLU(h) w2^T + b2.  For an
+    interpolate row the input gradient is g = (m * w2) W1 with m = LReLU'(h) in {1, slope}, piecewise
+    constant in h, so the penalty E(||g|| - 1)^2 has no gradient through h (autograd propagates zeros
+    there: a wasted weight-gradient matmul and gradient additions).  The backward stacks the score
+    rows and the penalty term into one weight-gradient matmul with 3B inner rows:
+    dW1 = [dh_real; dh_fake; m * w2]^T [S_real; S_fake; dPen/dg].
+    """
+
+    @staticmethod
+    def forward(ctx, subject, h_cond, w1, w2, b2, slope: float):
+        """subject [3B, s] (real, fake, interpolates; no gradient), h_cond [B, H] (condition part of the
+        first layer, bias included), w1 [H, s], w2 [1, H], b2 [1] -> (scores [2B], penalty [])."""
+        b = h_cond.shape[0]
+        h = (subject @ w1.T).view(3, b, -1) + h_cond
+        slopes = torch.where(h > 0, 1.0, h.new_tensor(slope))      # LReLU'(h), [3, B, H]
+        act = (h * slopes)[:2].reshape(2 * b, -1)
+        scores = act @ w2[0] + b2
+        gw = slopes[2] * w2                                          # d score / d h of the interpolates
+        g = gw @ w1                                                  # input gradient, [B, s]
+        norm = g.norm(dim=1)
+        penalty = ((norm - 1.0) ** 2).mean()
+        ctx.save_for_backward(subject, w1, w2, act, slopes, gw, g, norm)
+        return scores, penalty
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_scores, d_penalty):
+        subject, w1, w2, act, slopes, gw, g, norm = ctx.saved_tensors
+        b = gw.shape[0]
+        if d_scores is None:
+            d_scores = torch.zeros(2 * b, dtype=act.dtype, device=act.device)
+        if d_penalty is None:
+            d_penalty = torch.zeros((), dtype=act.dtype, device=act.device)
+        dh = d_scores[:, None] * slopes[:2].reshape(2 * b, -1) * w2  # [2B, H]
+        scale = torch.where(norm > 0, (norm - 1.0) / norm, 0.0) * (2.0 / b)
+        dg = (d_penalty * scale)[:, None] * g                        # [B, s]
+        dw1 = torch.cat([dh, gw]).T @ torch.cat([subject[: 2 * b], dg])
+        dw2 = (d_scores @ act + ((dg @ w1.T) * slopes[2]).sum(0))[None]
+        db2 = d_scores.sum().reshape(1)
+        dh_cond = dh.view(2, b, -1).sum(0)
+        return None, dh_cond, dw1, dw2, db2, None
+
+
 class Critic(nn.Module):
     """A WGAN critic on [subject; x_{t+1}?; a?; phi(c)?; TimeMLP(s(t))?] -> ndh -> 1 (LeakyReLU).
 
@@ -119,6 +167,19 @@ class Critic(nn.Module):
         b = cond.shape[0]
         h = self.fc1_subject(subject).view(-1, b, self.fc1_cond.out_features) + self.fc1_cond(cond)
         return self.fc2(F.leaky_relu(h, 0.2)).reshape(-1)
+
+    def scores_and_penalty(self, real: torch.Tensor, fake: torch.Tensor, mix: torch.Tensor,
+                           cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scores of real [B], of fake [B], E(||d critic(mix)/d mix||_2 - 1)^2) in one first-layer
+        matmul over the 3B subject rows; gradients reach the critic's parameters and ``cond``, not the
+        subject rows (real, fake and interpolates are data here)."""
+        if real.requires_grad or fake.requires_grad or mix.requires_grad:
+            raise ValueError("Critic.scores_and_penalty: subject rows must not require gradients.")
+        scores, penalty = _ScoresAndPenalty.apply(
+            torch.cat([real, fake, mix]), self.fc1_cond(cond), self.fc1_subject.weight,
+            self.fc2.weight, self.fc2.bias, 0.2)
+        s_real, s_fake = scores.chunk(2)
+        return s_real, s_fake, penalty
 
 
 class Encoder(nn.Module):
