@@ -1,17 +1,33 @@
 """Benchmark of the D2SC trainer at AWA2 dimensions (spec d2sc §12): seconds per DRG / DFG
-iteration and per evaluation, achieved GFLOP/s against (a) the spec's analytic FLOP convention
-applied to the real layer shapes and (b) the FLOPs of the matmuls actually executed (counted by
-torch.utils.flop_counter), and the device's own fp32 matmul ceiling measured in the same run.
+iteration, achieved GFLOP/s against (a) the spec's analytic FLOP convention applied to the real
+layer shapes and (b) the FLOPs of the matmuls actually executed (counted by
+torch.utils.flop_counter), and the ratio to the device's own fp32 matmul ceiling, measured right
+before and after every timed iteration with the same thread count (median over the iterations):
+the square n^3 matmul (the ceiling) and the batch-64 shape [64 x 4096] @ [4096 x 4096].
 
 The features are random (only the timing matters).  Prints figures; asserts nothing.
 
-    python bench/d2sc.py --device cpu --iters 2 --threads 2
+    python bench/d2sc.py --device cpu --iters 3 --threads 2 --data-scale 0.1 --stages DRG
+
+Measured on the shared 2-core CPU (two other jobs running; executed matmuls per DRG iteration
+170.8 GFLOP before, 142.2 after), DRG, median of 3 iterations, ratio to the square ceiling (per
+wall second; per CPU second in brackets):
+  threads 1  before (main 62d94f0)  13.0 s/it  57% (59%)   after  6.6 s/it  72% (70%)
+             with GLIBC_TUNABLES=glibc.malloc.mmap_max=0:  before 63% (67%)   after 78% (77%)
+  threads 2  (load average 4-7)  before 33.8 / 32.1 / 21.8 s/it  33 / 39 / 36%
+                                 after  20.1 / 26.1 / 11.7 s/it  37 / 47 / 36%
+             (load average 10-20) before 32.3 s/it 31%; after 41.2 s/it 39%, with the glibc setting 26.0 s/it 40%
+Two threads on two shared cores stay far below the ceiling: every one of the iteration's ~1000
+ops ends in a thread barrier that waits whenever the other thread is descheduled, which a single
+big matmul hardly feels.  The glibc setting stops each fresh 32 MiB gradient (above glibc's
+largest mmap threshold) being mmapped and page-faulted anew, ~15 ms each.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -92,41 +108,81 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_iterations(model: D2SC, stage: str, iters: int) -> tuple[float, float]:
-    """(seconds per iteration, counted GFLOP per iteration) for one stage, after one warm-up iteration."""
+class Clock:
+    """Wall-clock and process CPU seconds since creation (CPU time sums all threads of this process)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        _sync(device)
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        _sync(self.device)
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def count_iteration_gflop(model: D2SC, stage: str) -> float:
+    """GFLOP of the matmuls one iteration executes (also the warm-up)."""
+    step = model._drg_iteration if stage == "DRG" else model._dfg_iteration
+    with MatmulFlopCounter() as counter:
+        step({})
+    _sync(model.device)
+    return counter.total / 1e9
+
+
+def time_iteration(model: D2SC, stage: str) -> tuple[float, float]:
+    """(wall s, CPU s) of one iteration, ending with one host sync as an epoch does."""
     step = model._drg_iteration if stage == "DRG" else model._dfg_iteration
     log: dict = {}
-    with MatmulFlopCounter() as counter:
-        step(log)                                      # warm-up, also counts the FLOPs
-    _sync(model.device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step(log)
-    torch.stack(list(log.values())).sum().item()     # one host sync, as an epoch does
-    _sync(model.device)
-    return (time.perf_counter() - start) / iters, counter.total / 1e9
+    clock = Clock(model.device)
+    step(log)
+    torch.stack(list(log.values())).sum().item()
+    return clock.stop()
 
 
-def matmul_ceiling(device: torch.device, n: int, batch_rows: int = 64, reps: int = 5) -> tuple[float, float]:
-    """Measured fp32 GFLOP/s of an n x n x n matmul and of a batch_rows x n x n one (launch-bound shape)."""
-    out = []
-    for rows in (n, batch_rows):
-        a, b = torch.randn(rows, n, device=device), torch.randn(n, n, device=device)
+def matmul_rate(device: torch.device, rows: int, n: int, reps: int) -> tuple[float, float]:
+    """fp32 GFLOP/s of a [rows x n] @ [n x n] matmul, per wall second and per CPU second (after a warm-up)."""
+    a, b = torch.randn(rows, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    clock = Clock(device)
+    for _ in range(reps):
         a @ b
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        _sync(device)
-        out.append(2.0 * rows * n * n * reps / (time.perf_counter() - start) / 1e9)
-    return out[0], out[1]
+    wall, cpu = clock.stop()
+    flop = 2.0 * rows * n * n * reps / 1e9
+    return flop / wall, flop / cpu
+
+
+def matmul_ceiling(device: torch.device) -> dict:
+    """The device's fp32 matmul ceiling (square n^3, n = 2048 on CPU, 8192 on GPU) and the rate of the
+    representative batch-64 shape [64 x 4096] @ [4096 x 4096], each per wall and per CPU second."""
+    n = 2048 if device.type == "cpu" else 8192
+    (sq, sq_cpu), (b64, b64_cpu) = matmul_rate(device, n, n, 5), matmul_rate(device, 64, 4096, 20)
+    return dict(square=sq, square_cpu=sq_cpu, b64=b64, b64_cpu=b64_cpu)
+
+
+def measure_stage(model: D2SC, stage: str, repeats: int) -> dict:
+    """Per repeat: ceiling, one timed iteration, ceiling again (interleaved, so a shared machine's load
+    hits both alike); returns the medians of seconds per iteration and of the ratios to each ceiling."""
+    gflop = count_iteration_gflop(model, stage)
+    rows = []
+    for _ in range(repeats):
+        before = matmul_ceiling(model.device)
+        wall, cpu = time_iteration(model, stage)
+        after = matmul_ceiling(model.device)
+        ceil = {k: (before[k] + after[k]) / 2 for k in before}
+        rows.append(dict(sec=wall, cpu_sec=cpu, rate=gflop / wall, square=ceil["square"], b64=ceil["b64"],
+                         ratio=gflop / wall / ceil["square"], ratio_b64=gflop / wall / ceil["b64"],
+                         ratio_cpu=gflop / cpu / ceil["square_cpu"]))
+    return {"gflop": gflop, **{k: float(np.median([r[k] for r in rows])) for k in rows[0]}}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--iters", type=int, default=2, help="timed iterations per stage (after one warm-up)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--iters", type=int, default=3, help="timed iterations per stage (after one warm-up), "
+                   "each between two ceiling measurements; medians are reported")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (iterations and ceiling alike)")
+    p.add_argument("--stages", default="DRG,DFG", help="comma-separated stages to time")
     p.add_argument("--compile", action="store_true", help="torch.compile every network")
     p.add_argument("--adam", choices=("fused", "foreach"), default="fused")
     p.add_argument("--eval", action="store_true", help="also time one DFG evaluation (needs zsl.evaluation)")
@@ -146,19 +202,20 @@ def main(argv: list[str] | None = None) -> None:
         net.train()
     params = {k: sum(p.numel() for p in v.parameters()) / 1e6 for k, v in model.nets.items()}
     analytic = analytic_gflop(model, 64)
-    big, small = matmul_ceiling(device, 2048 if device.type == "cpu" else 8192, 64)
 
     print(f"D2SC benchmark, AWA2 shapes (R=C=2048, A=85, Z=312, widths 4096, batch 64), random features")
     print(f"device {device}  torch {torch.__version__}  threads {torch.get_num_threads()}  adam {args.adam}  "
-          f"compile {args.compile}")
+          f"compile {args.compile}  GLIBC_TUNABLES {os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     print("parameters (M): " + ", ".join(f"{k} {v:.2f}" for k, v in params.items()))
-    print(f"fp32 matmul ceiling: {big:.1f} GFLOP/s (square), {small:.1f} GFLOP/s (64-row, launch-bound shape)")
-    for stage in ("DRG", "DFG"):
-        sec, counted = time_iterations(model, stage, args.iters)
-        print(f"{stage}: {sec:.3f} s/iteration ({args.iters} timed) | GFLOP/iteration: spec {SPEC_GFLOP[stage]:.0f}, "
-              f"spec convention on real shapes {analytic[stage]:.1f}, executed matmuls {counted:.1f} | "
-              f"achieved {counted / sec:.1f} GFLOP/s = {100 * counted / sec / big:.0f}% of ceiling | "
-              f"epoch of {math.ceil(sizes['n_train'] / 64)} iterations ~ {sec * math.ceil(sizes['n_train'] / 64) / 60:.1f} min")
+    for stage in args.stages.split(","):
+        m = measure_stage(model, stage, args.iters)
+        print(f"{stage}: {m['sec']:.3f} s/iteration (median of {args.iters}) | GFLOP/iteration: spec "
+              f"{SPEC_GFLOP[stage]:.0f}, spec convention on real shapes {analytic[stage]:.1f}, executed matmuls "
+              f"{m['gflop']:.1f} | achieved {m['rate']:.1f} GFLOP/s")
+        print(f"  vs fp32 ceiling measured around each iteration: square {m['square']:.1f} GFLOP/s -> "
+              f"{100 * m['ratio']:.0f}% (per CPU second: {100 * m['ratio_cpu']:.0f}%); batch-64 shape "
+              f"[64x4096]@[4096x4096] {m['b64']:.1f} GFLOP/s -> {100 * m['ratio_b64']:.0f}% | epoch of "
+              f"{math.ceil(sizes['n_train'] / 64)} iterations ~ {m['sec'] * math.ceil(sizes['n_train'] / 64) / 60:.1f} min")
     if args.eval:
         try:
             import zsl.evaluation  # noqa: F401
@@ -166,12 +223,10 @@ def main(argv: list[str] | None = None) -> None:
             print("evaluation: skipped (zsl.evaluation is not available in this checkout)")
             return
         model.epoch = model.epochs_total      # score the DFG generator
-        _sync(device)
-        start = time.perf_counter()
+        clock = Clock(device)
         res = model.evaluate()
-        _sync(device)
         print(f"evaluation (DFG, view V, syn_num {args.syn_num}, {sizes['n_train']} real train rows): "
-              f"{time.perf_counter() - start:.1f} s  (H {res['H']:.1f} on random features: meaningless)")
+              f"{clock.stop()[0]:.1f} s  (H {res['H']:.1f} on random features: meaningless)")
 
 
 if __name__ == "__main__":
