@@ -9,7 +9,7 @@ The features are random (only the timing matters).  Prints figures; asserts noth
 
     python bench/d2sc.py --device cpu --iters 3 --threads 2 --data-scale 0.1 --stages DRG
 
-Measured on the shared 2-core CPU (two other jobs running; executed matmuls per DRG iteration
+Measured on the shared 2-core CPU (other helpers' jobs running; executed matmuls per DRG iteration
 170.8 GFLOP before, 142.2 after), DRG, median of 3 iterations, ratio to the square ceiling (per
 wall second; per CPU second in brackets):
   threads 1  before (main 62d94f0)  13.0 s/it  57% (59%)   after  6.6 s/it  72% (70%)
@@ -17,7 +17,7 @@ wall second; per CPU second in brackets):
   threads 2  (load average 4-7)  before 33.8 / 32.1 / 21.8 s/it  33 / 39 / 36%
                                  after  20.1 / 26.1 / 11.7 s/it  37 / 47 / 36%
              (load average 10-20) before 32.3 s/it 31%; after 41.2 s/it 39%, with the glibc setting 26.0 s/it 40%
-Two threads on two shared cores stay far below the ceiling: every one of the iteration's ~1000
+Two threads on two shared cores stay far below the ceiling: every one of the iteration's several hundred
 ops ends in a thread barrier that waits whenever the other thread is descheduled, which a single
 big matmul hardly feels.  The glibc setting stops each fresh 32 MiB gradient (above glibc's
 largest mmap threshold) being mmapped and page-faulted anew, ~15 ms each.
