@@ -123,12 +123,16 @@ def generate_per_class(model, classes: torch.Tensor, syn_num: int, progressive: 
     return xs, cs, classes.cpu().repeat_interleave(syn_num)
 
 
-def host_view(model, view: str, x: torch.Tensor, c: torch.Tensor, chunk: int) -> torch.Tensor:
-    """A feature view on the host, computed in device chunks of ``chunk`` rows (the S part runs Dec_x)."""
+def host_views(model, x: torch.Tensor, c: torch.Tensor, chunk: int) -> dict[str, torch.Tensor]:
+    """Every view of VIEWS on the host for rows x [N, R], c [N, C]: V = x, C = c, S = [Dec_x(x); h],
+    with Dec_x run once in device chunks of ``chunk`` rows, and the concatenations built on the host."""
     dev = model.device
     with torch.no_grad():
-        return torch.cat([model._view(view, x[i:i + chunk].to(dev), c[i:i + chunk].to(dev)).cpu()
-                          for i in range(0, x.shape[0], chunk)])
+        s = torch.cat([torch.cat(model.nets["Dec_x"](x[i:i + chunk].to(dev)), 1).cpu()
+                       for i in range(0, x.shape[0], chunk)])
+    parts = {"V": x.cpu(), "C": c.cpu(), "S": s}
+    return {view: torch.cat([parts[letter] for letter in view], 1) if len(view) > 1 else parts[view]
+            for view in VIEWS}
 
 
 def reference_dfg_evaluation(model, *, syn_num: int, epochs: int = 25, lr: float = 1e-3, beta1: float = 0.5,
@@ -150,10 +154,10 @@ def reference_dfg_evaluation(model, *, syn_num: int, epochs: int = 25, lr: float
 
     clock = time.perf_counter()
     chunk = syn_num
-    real = {view: (host_view(model, view, model.train_x, model.train_c, chunk),
-                   host_view(model, view, model.eval_seen_x, model.eval_seen_c, chunk),
-                   host_view(model, view, model.eval_unseen_x, model.eval_unseen_c, chunk)) for view in VIEWS}
-    fake = {(view, mode): host_view(model, view, syn[mode][0], syn[mode][1], chunk) for view in VIEWS for mode in MODES}
+    real = [host_views(model, x, c, chunk) for x, c in ((model.train_x, model.train_c),
+                                                        (model.eval_seen_x, model.eval_seen_c),
+                                                        (model.eval_unseen_x, model.eval_unseen_c))]
+    fake = {mode: host_views(model, syn[mode][0], syn[mode][1], chunk) for mode in MODES}
     seconds["views"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -168,17 +172,17 @@ def reference_dfg_evaluation(model, *, syn_num: int, epochs: int = 25, lr: float
     for mode in MODES:
         syn_y = syn[mode][2]
         for view in VIEWS:
-            train_v, es_v, eu_v = real[view]
-            x = torch.cat([train_v, fake[view, mode]])
+            train_v, es_v, eu_v = (views[view] for views in real)
+            x = torch.cat([train_v, fake[mode][view]])
             y = torch.cat([train_y, syn_y])
             clf = ReferenceClassifier(x, local_ids(y, all_classes), all_classes.numel(), seed=seed, **fit)
             results["GZSL", view, mode] = clf.fit([(es_v, es_y, seen_list), (eu_v, eu_y, unseen_list)])
-            clf = ReferenceClassifier(fake[view, mode], local_ids(syn_y, unseen), unseen.numel(), seed=seed, **fit)
+            clf = ReferenceClassifier(fake[mode][view], local_ids(syn_y, unseen), unseen.numel(), seed=seed, **fit)
             results["ZSL", view, mode] = clf.fit([(eu_v, eu_local, zsl_list)])
     seen_local = list(range(seen.numel()))
     for copy in ("first", "second"):  # the reference computes "Seen (V)" twice
         clf = ReferenceClassifier(seen_syn[0], local_ids(seen_syn[2], seen), seen.numel(), seed=seed, **fit)
-        results["Seen", "V", copy] = clf.fit([(real["V"][1], local_ids(es_y, seen), seen_local)])
+        results["Seen", "V", copy] = clf.fit([(real[1]["V"], local_ids(es_y, seen), seen_local)])
     seconds["classifiers"] = time.perf_counter() - clock
     return {"results": results, "seconds": seconds}
 
