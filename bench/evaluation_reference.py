@@ -76,12 +76,14 @@ class ReferenceClassifier:
 
     @staticmethod
     def per_class_acc(pred: torch.Tensor, target: torch.Tensor, classes: list[int]) -> float:
-        """Per-class mean accuracy (fraction) by a Python loop over classes, one host read per class."""
-        total = 0.0
+        """Per-class mean accuracy (fraction) by a Python loop over classes, one host read per class;
+        classes absent from ``target`` are skipped (as zsl.metrics.per_class_accuracy does)."""
+        accs = []
         for c in classes:
             mask = target == c
-            total += float((pred[mask] == c).sum()) / float(mask.sum())
-        return total / len(classes)
+            if bool(mask.any()):
+                accs.append(float((pred[mask] == c).sum()) / float(mask.sum()))
+        return sum(accs) / len(accs) if accs else 0.0
 
     def fit(self, tests: list[tuple[torch.Tensor, torch.Tensor, list[int]]]) -> list[list[float]]:
         """Train ``epochs`` epochs of ceil(N / batch) steps; after each, the accuracy (percent) on
