@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from hpo.reconcile import RAY_TRIAL_ATTR
 from hpo.spaces import DefineByRun, Space, published_point
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,28 @@ def _finite(value) -> bool:
 
 
 class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch whose early-stopped trials reach Optuna as PRUNED (see module docstring)."""
+    """OptunaSearch whose early-stopped trials reach Optuna as PRUNED (see module docstring).
+
+    Each Optuna trial carries its Ray trial id (user attribute ``ray_trial_id``), so that a searcher
+    restored from a snapshot older than Ray's trial list finds the Optuna trial of a Ray trial it
+    did not know (:meth:`optuna_trial`), and :mod:`hpo.reconcile` can tell orphans apart.
+    """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return params
+
+    def optuna_trial(self, trial_id: str) -> optuna.Trial | None:
+        """The live Optuna trial of a Ray trial, looked up in the study when this searcher's snapshot lacks it."""
+        if trial_id not in self._ot_trials:
+            running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            match = [t for t in running if t.user_attrs.get(RAY_TRIAL_ATTR) == trial_id]
+            if not match:
+                return None
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, match[0]._trial_id)
+        return self._ot_trials[trial_id]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Record the trial's objective at this epoch as an Optuna intermediate value (once per step)."""
@@ -52,16 +74,19 @@ class PruningOptunaSearch(OptunaSearch):
         value = result.get(METRIC)
         if trial_id in self._completed_trials or step in steps or not _finite(value):
             return
+        ot_trial = self.optuna_trial(trial_id)
+        if ot_trial is None:
+            return
         try:
-            self._ot_trials[trial_id].report(float(value), step)
+            ot_trial.report(float(value), step)
         except UpdateFinishedTrialError:  # told already before a driver crash; the study keeps that record
             pass
         steps.add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trial = None if trial_id in self._completed_trials else self.optuna_trial(trial_id)
+        if ot_trial is None:
             return
-        ot_trial = self._ot_trials[trial_id]
         state = final_state(result, error)
         value = result[METRIC] if state == TrialState.COMPLETE else None
         if state == TrialState.PRUNED:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import ray
 from ray import tune
 
@@ -16,6 +17,7 @@ import hpo
 from hpo.storage import fetch_sidecar, is_remote, sync_callbacks
 from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, check_options, experiment_dir, optuna_url,
                             prepare, sidecar_dir)
+from hpo.reconcile import reconcile_snapshot
 from hpo.searcher import METRIC, MODE, make_scheduler, make_search_alg
 from hpo.trainable import trainable
 
@@ -62,6 +64,13 @@ def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path) -> tune.Tuner:
     if opts.resume:
         if not tune.Tuner.can_restore(path):
             raise_user(f"--resume: Ray has no restorable state in {path} (the search never started): rerun with --force.")
+        try:
+            study = optuna.load_study(study_name=opts.experiment_name(), storage=optuna_url(opts, sidecar))
+        except KeyError:  # no study recorded (killed before the searcher was built): nothing to reconcile there
+            study = None
+        change = reconcile_snapshot(path, study)
+        if change and opts.verbose:
+            print(f"resume: the killed driver left an inconsistent snapshot; reconciled: {change.describe()}")
         return tune.Tuner.restore(path, trainable=fn, resume_errored=True)
     search_alg = make_search_alg(space, searcher=opts.searcher, seed=opts.seed, num_samples=opts.num_samples,
                                  storage_url=optuna_url(opts, sidecar), study_name=opts.experiment_name(),
