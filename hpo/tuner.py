@@ -58,8 +58,7 @@ def init_ray(opts: SearchOptions) -> None:
 
 def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path) -> tune.Tuner:
     """A new Tuner, or the restored one when ``opts.resume`` (finished trials are kept, errored ones resumed)."""
-    fn = tune.with_resources(tune.with_parameters(trainable, context=ctx.to_dict()),
-                             {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    fn = tune.with_resources(tune.with_parameters(trainable, context=ctx.to_dict()), trial_resources(opts, ctx))
     path = experiment_dir(opts)
     if opts.resume:
         if not tune.Tuner.can_restore(path):
@@ -91,6 +90,15 @@ def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path) -> tune.Tuner:
     )
 
 
+def trial_resources(opts: SearchOptions, ctx) -> dict | tune.PlacementGroupFactory:
+    """The trial's resources: one bundle; or, for parallel dataset runs, an empty head (the trial's own
+    process only coordinates) and one bundle per dataset with its share of CPUs and GPUs."""
+    if ctx.dataset_runs != "parallel":
+        return {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+    bundle = {"CPU": ctx.cpus_per_run, "GPU": ctx.gpus_per_run}
+    return tune.PlacementGroupFactory([{}] + [bundle] * len(ctx.datasets))
+
+
 def raise_user(message: str):
     from zsl.errors import UserError
 
@@ -120,6 +128,9 @@ def print_start(opts: SearchOptions, ctx, sidecar: Path) -> None:
     kind = "simulated" if all(d.startswith("sim-") for d in ctx.datasets) else "real"
     print(f"zsl-hpo search '{opts.experiment_name()}': model {ctx.model} (preset {ctx.preset}), datasets "
           f"{', '.join(ctx.datasets)} ({kind} data, protocol {ctx.protocol}), objective {ctx.objective} H")
+    share = f"{ctx.cpus_per_run:g} CPU" + (f" + {ctx.gpus_per_run:g} GPU" if ctx.gpus_per_run else "")
+    print(f"trials:      {ctx.dataset_runs} dataset runs"
+          + (f" ({share} each)" if ctx.dataset_runs == "parallel" else "") + f", {opts.max_concurrent} trials at once")
     print(f"results:     {exp}")
     print(f"optuna:      {optuna_url(opts, sidecar)}")
     print(f"tensorboard: tensorboard --logdir {exp}")

@@ -241,6 +241,43 @@ def test_resume_after_torn_snapshot(ray_session, tmp_path):
     assert set(dropped) < {t.user_attrs["ray_trial_id"] for t in complete}
 
 
+@pytest.mark.parametrize("cpus, gpus, mode, expected", [
+    (1, 0, "auto", "sequential"), (2, 0, "auto", "parallel"), (1, 0.5, "auto", "parallel"),
+    (4, 0, "sequential", "sequential"), (1, 0, "parallel", "parallel"),
+])
+def test_dataset_runs_mode_and_trial_resources(cpus, gpus, mode, expected):
+    from hpo.experiment import make_context
+    from hpo.tuner import trial_resources
+
+    opts = SearchOptions(datasets=DATASETS, cpus_per_trial=cpus, gpus_per_trial=gpus, dataset_runs=mode)
+    ctx = make_context(opts, "small", {}, "eszsl")
+    resources = trial_resources(opts, ctx)
+    assert ctx.dataset_runs == expected
+    if expected == "parallel":  # an empty head bundle and one equal share per dataset
+        assert resources.head_bundle_is_empty and resources.bundles == [{"CPU": cpus / 2, **({"GPU": gpus / 2} if gpus else {})}] * 2
+        assert ctx.torch_threads == max(1, int(cpus / 2))
+    else:
+        assert resources == {"cpu": cpus, "gpu": gpus} and ctx.torch_threads == max(1, int(cpus))
+
+
+def test_parallel_dataset_runs_match_sequential(ray_session, tmp_path):
+    """--dataset-runs parallel (one Ray actor per dataset in the trial's placement group) reports exactly
+    the numbers of the sequential trial for the same seed and setting."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("[2, 5, 10, 0]", "[5]").replace("value: 8", "value: 3"))
+    rows = {}
+    for mode in ("sequential", "parallel"):
+        opts = SearchOptions(space=str(space), datasets=DATASETS, num_samples=1, max_concurrent=1, name=mode,
+                             storage_path=str(tmp_path), seed=2, scheduler="fifo", dataset_runs=mode,
+                             cpus_per_trial=2, max_failures=0, verbose=0)
+        assert run_search(opts).completed == 1
+        (trial,) = _trial_dirs(tmp_path / mode)
+        rows[mode] = _results(trial)
+    keys = ["epoch", "objective", *(f"{d}/{k}" for d in DATASETS for k in ("S", "U", "H", "ZSL", "loss/loss"))]
+    assert len(rows["parallel"]) == 3
+    assert [[r[k] for k in keys] for r in rows["parallel"]] == [[r[k] for k in keys] for r in rows["sequential"]]
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume(ray_session, tmp_path):
     _interrupt_and_resume(tmp_path, ray_session, signal.SIGKILL, "sigkill")
