@@ -11,7 +11,7 @@ hold trials that no longer exist or not forward the results of trials it does no
 
 :func:`reconcile_snapshot` rewrites the searcher snapshot from the trial list Ray will restore
 (the counter is the number of known trials; the limiter's live trials are the known trials that
-have not ended) and ends as FAIL every Optuna trial still RUNNING whose Ray trial is unknown to
+will run again: unfinished and errored ones, which ``--resume`` restarts) and ends as FAIL every Optuna trial still RUNNING whose Ray trial is unknown to
 that list (an orphan: its partial progress is lost; Ray samples a new trial in its place).
 Optuna trials carry their Ray trial id (user attribute ``ray_trial_id``, set by the searcher).
 """
@@ -34,7 +34,7 @@ from zsl.errors import UserError
 EXPERIMENT_STATE, GENERATOR_STATE = "experiment_state-*.json", "search_gen_state-*.json"
 LIMITER_KEY = "name:ConcurrencyLimiter"
 RAY_TRIAL_ATTR = "ray_trial_id"
-ENDED = ("TERMINATED", "ERROR")  # statuses of trials that will not report again (errored ones are resumed anew)
+ENDED = ("TERMINATED",)  # the status of trials that will not run again (--resume restarts errored ones)
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Reconciled:
             parts.append(f"searcher counter {self.counter[0]} -> {self.counter[1]} (the trials Ray restores)")
         if self.dropped_live or self.added_live:
             parts.append(f"concurrency limiter: {len(self.dropped_live)} unknown trial(s) dropped, "
-                         f"{len(self.added_live)} unfinished trial(s) added")
+                         f"{len(self.added_live)} trial(s) that run again added")
         if self.orphans:
             parts.append(f"Optuna trial(s) {', '.join(map(str, self.orphans))} ended as FAIL (started after the "
                          "last experiment snapshot; Ray samples new trials in their place)")

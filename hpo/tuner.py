@@ -69,7 +69,7 @@ def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path) -> tune.Tuner:
             study = None
         change = reconcile_snapshot(path, study)
         if change and opts.verbose:
-            print(f"resume: the killed driver left an inconsistent snapshot; reconciled: {change.describe()}")
+            print(f"resume: searcher state matched to the trials Ray restores: {change.describe()}")
         return tune.Tuner.restore(path, trainable=fn, resume_errored=True)
     search_alg = make_search_alg(space, searcher=opts.searcher, seed=opts.seed, num_samples=opts.num_samples,
                                  storage_url=optuna_url(opts, sidecar), study_name=opts.experiment_name(),

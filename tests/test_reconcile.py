@@ -33,8 +33,8 @@ def test_searcher_older_than_trial_list_takes_the_known_trials():
     state = _gen_state(2, {"b"})
     trials = {"a": "TERMINATED", "b": "TERMINATED", "c": "RUNNING", "d": "PENDING", "e": "ERROR"}
     new, change = reconciled_generator_state(state, trials)
-    assert new["counter"] == 5 and new[LIMITER_KEY]["live_trials"] == {"b", "c", "d"}
-    assert change.added_live == ["c", "d"] and change.dropped_live == []
+    assert new["counter"] == 5 and new[LIMITER_KEY]["live_trials"] == {"b", "c", "d", "e"}  # --resume restarts e
+    assert change.added_live == ["c", "d", "e"] and change.dropped_live == []
 
 
 def test_consistent_snapshot_is_left_alone():
@@ -91,3 +91,23 @@ def test_searcher_finds_the_optuna_trial_its_snapshot_lacks():
     assert trial.state == TrialState.COMPLETE and trial.value == 4.0 and trial.intermediate_values == {1: 3.0}
     search.on_trial_complete("ray-unknown", {"objective": 1.0})  # a trial Optuna never saw: ignored
     assert len(study.trials) == 1
+
+
+def test_errored_trial_that_ends_well_after_resume_is_recorded_as_a_retry():
+    doc = yaml.safe_load("model: eszsl\nparams:\n  gamma: {type: float, low: 0.1, high: 10.0}\n")
+    search = PruningOptunaSearch(space=DefineByRun(parse_space(doc, "space.yaml", "tiny")), metric="objective",
+                                 mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
+    params = search.suggest("ray-1")
+    search.on_trial_result("ray-1", {"objective": 2.0, "training_iteration": 1})
+    search.on_trial_complete("ray-1", None, error=True)  # e.g. its node was lost beyond --max-failures
+    study = search._ot_study
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    # --resume restarts it from its checkpoint (epoch 1); it reports epochs 2-3 and finishes
+    search.on_trial_result("ray-1", {"objective": 5.0, "training_iteration": 2})
+    search.on_trial_complete("ray-1", {"objective": 6.0, "training_iteration": 3, "epoch": 3, "epochs_total": 3})
+    failed, retry = study.trials
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE and retry.value == 6.0
+    assert retry.params == failed.params == params and retry.user_attrs == {RAY_TRIAL_ATTR: "ray-1", "retry_of": 0}
+    assert retry.intermediate_values == {1: 2.0, 2: 5.0}
+    search.on_trial_complete("ray-1", {"objective": 6.0, "epoch": 3, "epochs_total": 3})  # told twice: no new record
+    assert len(study.trials) == 2
