@@ -7,10 +7,12 @@ synthetic unseen rows come from slightly displaced means, like an imperfect gene
 accuracies are figures of this toy, not of any benchmark.
 
 Compared, at equal settings (batch = syn_num = 8000, best epoch by H, lr 1e-3, beta1 0.5):
-- ``reference-style``: the reference's structure (spec §9, §11 item 18): nn.Linear + LogSoftmax +
-  NLLLoss through autograd; the training matrix kept on the host, re-permuted there (a whole-matrix
-  copy) at every wrap-around; sequential batches copied into a device buffer; after every epoch
-  a batched prediction copied back to the host and per-class accuracy by a Python loop.
+- ``reference-style``: :class:`evaluation_reference.ReferenceClassifier`, the reference's structure
+  (spec §9, §11 item 18): nn.Linear + LogSoftmax + NLLLoss through autograd; the training matrix
+  kept on the host, re-permuted there (a whole-matrix copy) at every wrap-around; sequential
+  batches copied into a device buffer; after every epoch a batched prediction copied back to the
+  host and per-class accuracy by a Python loop.  (bench/evaluation_procedure.py times the whole
+  evaluation procedure around it: generation and all 22 classifiers.)
 - ``ours``: :func:`zsl.evaluation.gzsl_evaluate` with the same settings, then with its defaults
   (batch 512, selection "last").
 
@@ -24,14 +26,18 @@ H varies by several points from seed to seed, for both implementations alike.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from torch import nn
 
-from zsl.evaluation import ClassifierConfig, gzsl_evaluate
-from zsl.metrics import harmonic_mean
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evaluation_reference import ReferenceClassifier, best_gzsl  # noqa: E402
+
+from zsl.evaluation import ClassifierConfig, gzsl_evaluate  # noqa: E402
 
 NOISE, SHIFT = 1.5, 0.4  # per-feature noise of real rows; displacement of the synthetic unseen means
 AWA2 = {"dim": 2048, "seen": 40, "unseen": 10, "train": 23527, "syn_per_class": 8000,
@@ -80,78 +86,6 @@ def make_problem(scale: float, device: str, seed: int = 0) -> Problem:
                    seen.to(device), unseen.to(device), k)
 
 
-class ReferenceStyleClassifier:
-    """The reference's classifier structure, re-implemented from the spec (see module docstring).
-
-    Training rows live on the host (CPU); ``fit`` returns the best (S, U, H) over epochs, percent.
-    """
-
-    def __init__(self, p: Problem, lr: float, beta1: float, batch: int, epochs: int, device: str, seed: int):
-        torch.manual_seed(seed)
-        self.x = torch.cat([p.train_x, p.syn_x]).cpu()
-        self.y = torch.cat([p.train_y, p.syn_y]).cpu()
-        self.p, self.batch, self.epochs, self.device = p, batch, epochs, device
-        self.model = nn.Sequential(nn.Linear(self.x.shape[1], p.n_classes), nn.LogSoftmax(dim=1)).to(device)
-        nn.init.normal_(self.model[0].weight, 0.0, 0.02)
-        nn.init.zeros_(self.model[0].bias)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(beta1, 0.999))
-        self.loss = nn.NLLLoss()
-        self.input = torch.empty(batch, self.x.shape[1], device=device)
-        self.label = torch.empty(batch, dtype=torch.long, device=device)
-        self.pos, self.started = 0, False
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequential rows of a host-side shuffled copy, wrapping around with a fresh shuffle."""
-        n = self.x.shape[0]
-        if not self.started:
-            perm = torch.randperm(n)
-            self.x, self.y, self.started = self.x[perm], self.y[perm], True
-        if self.pos + self.batch <= n:
-            sl = slice(self.pos, self.pos + self.batch)
-            self.pos += self.batch
-            return self.x[sl], self.y[sl]
-        head_x, head_y = self.x[self.pos:], self.y[self.pos:]
-        perm = torch.randperm(n)
-        self.x, self.y = self.x[perm], self.y[perm]
-        self.pos = self.batch - head_x.shape[0]
-        return torch.cat([head_x, self.x[:self.pos]]), torch.cat([head_y, self.y[:self.pos]])
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Batched argmax copied back to the host."""
-        out = torch.empty(x.shape[0], dtype=torch.long)
-        with torch.no_grad():
-            for start in range(0, x.shape[0], self.batch):
-                out[start:start + self.batch] = self.model(x[start:start + self.batch].to(self.device)).argmax(1).cpu()
-        return out
-
-    @staticmethod
-    def per_class_acc(pred: torch.Tensor, target: torch.Tensor, classes: torch.Tensor) -> float:
-        """Python loop over classes, one host read per class."""
-        total = 0.0
-        for c in classes.tolist():
-            mask = target == c
-            total += float((pred[mask] == c).sum()) / float(mask.sum())
-        return total / len(classes)
-
-    def fit(self) -> tuple[float, float, float]:
-        best = (0.0, 0.0, -1.0)
-        p = self.p
-        seen_y, unseen_y = p.eval_seen_y.cpu(), p.eval_unseen_y.cpu()
-        for _ in range(self.epochs):
-            for _ in range(0, self.x.shape[0], self.batch):
-                bx, by = self.next_batch()
-                self.input.copy_(bx)
-                self.label.copy_(by)
-                self.opt.zero_grad()
-                self.loss(self.model(self.input), self.label).backward()
-                self.opt.step()
-            s = 100 * self.per_class_acc(self.predict(p.eval_seen_x), seen_y, p.seen.cpu())
-            u = 100 * self.per_class_acc(self.predict(p.eval_unseen_x), unseen_y, p.unseen.cpu())
-            if harmonic_mean(s, u) > best[2]:
-                best = (s, u, harmonic_mean(s, u))
-        return best
-
-
 def timed(fn):
     """(result, seconds) of fn(), synchronising CUDA around it."""
     if torch.cuda.is_available():
@@ -189,7 +123,10 @@ def main() -> None:
                              n_classes=p.n_classes, cfg=cfg, generator=gen)
 
     def reference(seed: int):
-        return dict(zip("SUH", ReferenceStyleClassifier(p, 1e-3, 0.5, syn_num, epochs, args.device, seed).fit()))
+        clf = ReferenceClassifier(torch.cat([p.train_x, p.syn_x]), torch.cat([p.train_y, p.syn_y]), p.n_classes,
+                                  lr=1e-3, beta1=0.5, batch=syn_num, epochs=epochs, device=args.device, seed=seed)
+        tests = [(p.eval_seen_x, p.eval_seen_y, p.seen.tolist()), (p.eval_unseen_x, p.eval_unseen_y, p.unseen.tolist())]
+        return dict(zip("SUH", best_gzsl(clf.fit(tests))))
 
     runs = [
         ("reference-style (batch=syn_num, best)", reference),

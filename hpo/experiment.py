@@ -20,6 +20,7 @@ from hpo.trainable import OBJECTIVES, SearchContext
 SEARCH_FILE = "search.json"
 STUDY_FILE = "optuna.db"
 SIM_DATASETS = ["sim-AWA2", "sim-CUB", "sim-SUN"]
+DATASET_RUNS = ("auto", "parallel", "sequential")
 REAL_DATASETS = ["AWA2", "CUB", "SUN"]
 
 
@@ -35,6 +36,7 @@ class SearchOptions:
     max_concurrent: int = 2
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    dataset_runs: str = "auto"  # "parallel" | "sequential" | "auto" (see dataset_runs_mode)
     name: str | None = None
     storage_path: str = "~/zsl-hpo-results"
     address: str | None = None
@@ -71,6 +73,7 @@ def check_options(opts: SearchOptions) -> None:
         (opts.reduction_factor > 1, "--reduction-factor must be > 1"),
         (opts.time_budget is None or opts.time_budget > 0, "--time-budget must be > 0 seconds"),
         (opts.objective in OBJECTIVES, "--objective must be mean or min"),
+        (opts.dataset_runs in DATASET_RUNS, "--dataset-runs must be auto, parallel or sequential"),
         (not (opts.resume and opts.force), "--resume and --force exclude each other: pass one"),
         (opts.max_epochs is None or opts.grace_period <= opts.max_epochs, "--grace-period must not exceed --max-epochs"),
     ]
@@ -102,12 +105,25 @@ def specialised_space(opts: SearchOptions) -> tuple[Space, str | None, dict]:
     return load_space(opts.space).specialise(all(d.startswith("sim-") for d in opts.resolved_datasets()))
 
 
+def dataset_runs_mode(opts: SearchOptions) -> str:
+    """How a trial runs its datasets: "parallel" (one Ray actor each, on an equal share of the trial's
+    CPUs/GPUs) or "sequential". ``auto``: parallel when there are several datasets and the trial has a
+    GPU share or at least one CPU per dataset."""
+    n = len(opts.resolved_datasets())
+    if opts.dataset_runs != "auto":
+        return opts.dataset_runs
+    return "parallel" if n > 1 and (opts.gpus_per_trial > 0 or opts.cpus_per_trial >= n) else "sequential"
+
+
 def make_context(opts: SearchOptions, preset: str | None, overrides: dict, model: str) -> SearchContext:
+    datasets, mode = opts.resolved_datasets(), dataset_runs_mode(opts)
+    share = len(datasets) if mode == "parallel" else 1
     return SearchContext(
-        model=model, preset=preset, datasets=opts.resolved_datasets(), data_root=opts.data_root,
+        model=model, preset=preset, datasets=datasets, data_root=opts.data_root,
         scale=opts.scale, base_overrides=overrides, objective=opts.objective,
         max_epochs=opts.max_epochs, seed=opts.seed, device="cuda" if opts.gpus_per_trial > 0 else "cpu",
-        torch_threads=max(1, int(opts.cpus_per_trial)),
+        torch_threads=max(1, int(opts.cpus_per_trial / share)), dataset_runs=mode,
+        cpus_per_run=opts.cpus_per_trial / share, gpus_per_run=opts.gpus_per_trial / share,
     )
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,14 @@ if __package__ in (None, ""):  # run as a script (see hpo/search.py)
 
 import yaml  # noqa: E402
 
-from hpo.experiment import SearchOptions, read_search, specialised_space  # noqa: E402
+from hpo.experiment import SEARCH_FILE, STUDY_FILE, SearchOptions, read_search, specialised_space  # noqa: E402
+from hpo.storage import fetch_tree, is_remote  # noqa: E402
 from hpo.spaces import published_point  # noqa: E402
 from hpo.trainable import SearchContext, aggregate, capped_epochs  # noqa: E402
 from zsl.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+
+
+REPORT_INPUTS = ("params.json", "result.json", "error.txt", SEARCH_FILE, STUDY_FILE)  # what a report reads
 
 
 @dataclass
@@ -183,9 +188,32 @@ def plot_importances(record: dict, path: Path) -> dict:
 
 
 def write_report(exp_dir: str, top_k: int = 5, skip_final: bool = False, out: str | None = None) -> Path:
-    """Build every report artefact of ``exp_dir``; returns the report folder."""
-    exp = Path(exp_dir).expanduser()
-    record = read_search(exp)
+    """Build every report artefact of ``exp_dir`` (a folder or a URI such as s3://...); returns the report folder.
+
+    A remote experiment's trial records, search record and study are fetched to a temporary folder
+    first; its report goes to ``out`` (default ``./<experiment name>.report``).
+    """
+    if not is_remote(exp_dir):
+        exp = Path(exp_dir).expanduser()
+        return _write_report(exp, top_k, skip_final, out or str(exp / "report"), shown=str(exp))
+    name = exp_dir.rstrip("/").rsplit("/", 1)[-1]
+    with tempfile.TemporaryDirectory(prefix="zsl-hpo-report-") as tmp:
+        local = Path(tmp) / name
+        try:
+            fetched = fetch_tree(exp_dir, local, REPORT_INPUTS)
+        except OSError as err:
+            raise UserError(f"{exp_dir} cannot be read ({err}): check the URI and the storage credentials.") from None
+        if not fetched:
+            raise UserError(f"{exp_dir} holds no zsl-hpo experiment files: pass the experiment URI printed by hpo/search.py.")
+        record = read_search(local)
+        if record["optuna_storage"].startswith("sqlite:") and (local / STUDY_FILE).is_file():
+            record["optuna_storage"] = f"sqlite:///{local / STUDY_FILE}"  # the driver's study, as uploaded
+        return _write_report(local, top_k, skip_final, out or f"{name}.report", shown=exp_dir, record=record)
+
+
+def _write_report(exp: Path, top_k: int, skip_final: bool, out: str, shown: str, record: dict | None = None) -> Path:
+    """write_report on a local experiment folder ``exp``; ``shown`` names it in messages."""
+    record = record or read_search(exp)
     ctx = SearchContext(**record["context"])
     opts = SearchOptions(**record["options"])
     space, _, _ = specialised_space(opts)
@@ -193,12 +221,12 @@ def write_report(exp_dir: str, top_k: int = 5, skip_final: bool = False, out: st
     label = f"{kind} data"
     trials = read_trials(exp)
     if not trials:
-        raise UserError(f"{exp} holds no trials yet: run the search first.")
-    folder = Path(out) if out else exp / "report"
+        raise UserError(f"{shown} holds no trials yet: run the search first.")
+    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     top = leaderboard(trials, ctx.datasets, top_k)
     if not top:
-        raise UserError(f"no trial of {exp} reported a finite objective: nothing to report.")
+        raise UserError(f"no trial of {shown} reported a finite objective: nothing to report.")
     best, per_dataset = top[0], best_per_dataset(trials, ctx.datasets)
     constants = {p.name: p.value for p in space.params if p.kind == "fixed"}
     settings = {"best shared": best.config, "published": {**constants, **published_point(space)}}

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
     p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="GPU share per trial (fractions pack trials)")
+    p.add_argument("--dataset-runs", choices=["auto", "parallel", "sequential"], default=d.dataset_runs,
+                   help="a trial's datasets side by side (one Ray actor each, an equal share of the trial's "
+                        "CPUs/GPUs) or one after another; auto: parallel with a GPU share or >= 1 CPU per dataset")
     p.add_argument("--name", help="experiment name (default <space>-search)")
     p.add_argument("--storage-path", default=d.storage_path, help="local folder or URI Ray accepts (s3://...)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto)")

@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from hpo.reconcile import RAY_TRIAL_ATTR
 from hpo.spaces import DefineByRun, Space, published_point
 
 logger = logging.getLogger(__name__)
@@ -43,36 +44,73 @@ def _finite(value) -> bool:
 
 
 class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch whose early-stopped trials reach Optuna as PRUNED (see module docstring)."""
+    """OptunaSearch whose early-stopped trials reach Optuna as PRUNED (see module docstring).
+
+    Each Optuna trial carries its Ray trial id (user attribute ``ray_trial_id``), so that a searcher
+    restored from a snapshot older than Ray's trial list finds the Optuna trial of a Ray trial it
+    did not know (:meth:`optuna_trial`), and :mod:`hpo.reconcile` can tell orphans apart.
+    """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return params
+
+    def optuna_trial(self, trial_id: str) -> optuna.Trial | None:
+        """The live Optuna trial of a Ray trial, looked up in the study when this searcher's snapshot lacks it."""
+        if trial_id not in self._ot_trials:
+            running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            match = [t for t in running if t.user_attrs.get(RAY_TRIAL_ATTR) == trial_id]
+            if not match:
+                return None
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, match[0]._trial_id)
+        return self._ot_trials[trial_id]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Record the trial's objective at this epoch as an Optuna intermediate value (once per step)."""
         steps = self.__dict__.setdefault("_reported_steps", {}).setdefault(trial_id, set())
         step = result.get("training_iteration")
         value = result.get(METRIC)
-        if trial_id in self._completed_trials or step in steps or not _finite(value):
+        if step in steps or not _finite(value):
+            return
+        ot_trial = self.optuna_trial(trial_id)
+        if ot_trial is None:
             return
         try:
-            self._ot_trials[trial_id].report(float(value), step)
-        except UpdateFinishedTrialError:  # told already before a driver crash; the study keeps that record
-            pass
+            ot_trial.report(float(value), step)
+        except UpdateFinishedTrialError:  # ended in Optuna: a resumed errored trial (kept for its retry record)
+            self.__dict__.setdefault("_retry_values", {}).setdefault(trial_id, {})[step] = float(value)
         steps.add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trial = self.optuna_trial(trial_id)
+        if ot_trial is None:
             return
-        ot_trial = self._ot_trials[trial_id]
         state = final_state(result, error)
-        value = result[METRIC] if state == TrialState.COMPLETE else None
         if state == TrialState.PRUNED:
             # Ray calls on_trial_complete, not on_trial_result, with the result that made the scheduler
             # stop the trial: record it; Optuna then takes the last intermediate value as the trial's value.
             self.on_trial_result(trial_id, result)
-        try:
-            self._ot_study.tell(ot_trial, value, state=state)
-        except ValueError as err:  # "Cannot tell a COMPLETE trial": told before a driver crash (stale searcher state)
-            logger.info("Optuna already holds the end of trial %s: %s", trial_id, err)
+        told = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        retried = self.__dict__.setdefault("_retried", set())
+        if told.state == TrialState.FAIL and state != TrialState.FAIL and trial_id not in retried:
+            self._record_retry(told, trial_id, result, state)
+            retried.add(trial_id)
+        elif told.state.is_finished():  # told before a driver crash (the searcher snapshot is older)
+            logger.info("Optuna already holds the end of trial %s (%s)", trial_id, told.state.name)
+        else:
+            self._ot_study.tell(ot_trial, result[METRIC] if state == TrialState.COMPLETE else None, state=state)
         self._completed_trials.add(trial_id)
+
+    def _record_retry(self, failed: optuna.trial.FrozenTrial, trial_id: str, result: dict, state: TrialState) -> None:
+        """A trial that errored, resumed (``--resume``) and then ended well: its Optuna trial is FAIL and
+        cannot change, so the new outcome is added as a trial of its own with the same params."""
+        values = {**failed.intermediate_values, **self.__dict__.get("_retry_values", {}).pop(trial_id, {})}
+        value = result[METRIC] if state == TrialState.COMPLETE else None
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            params=failed.params, distributions=failed.distributions, value=value, state=state,
+            intermediate_values=values, user_attrs={**failed.user_attrs, "retry_of": failed.number}))
 
 
 def make_sampler(searcher: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:

@@ -59,6 +59,22 @@ def fetch_sidecar(remote_dir: str, local_dir: Path, names: tuple[str, ...]) -> l
     return [name for name in names if name in present]
 
 
+def fetch_tree(remote_dir: str, local_dir: Path, names: tuple[str, ...]) -> int:
+    """Download every file called one of ``names`` under remote_dir (any depth) into local_dir, keeping
+    the relative layout; returns how many were fetched."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(remote_dir)
+    root = root.rstrip("/")
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+    fetched = 0
+    for info in infos:
+        if info.type == pyarrow.fs.FileType.File and Path(info.path).name in names:
+            target = Path(local_dir) / info.path[len(root) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pyarrow.fs.copy_files(info.path, str(target), source_filesystem=fs)
+            fetched += 1
+    return fetched
+
+
 class SidecarSync(tune.Callback):
     """Tune callback that uploads the driver's sidecar files to the remote experiment dir.
 

@@ -5,6 +5,10 @@ the ``validation`` protocol (never test images); the trial reports the cross-dat
 (mean or min of H), its best value so far, each dataset's S/U/H/ZSL and losses, and a checkpoint
 holding every trainer's ``state_dict`` so that ASHA pauses, failures and resumes continue where
 they stopped.  hpo/ sees models only through zsl.data.load_dataset, zsl.models and the Trainer protocol.
+
+The datasets of a trial run one after another in the trial's process (``dataset_runs="sequential"``)
+or side by side, each in a Ray actor on its own bundle of the trial's placement group (``"parallel"``:
+e.g. a GPU fraction each); both give the same numbers for the same seed.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
+import ray
 import torch
 from ray import tune
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from zsl.data import load_dataset
 from zsl.models import get_model, make_config
@@ -51,6 +57,9 @@ class SearchContext:
     device: str = "cpu"
     torch_threads: int = 1
     protocol: str = "validation"
+    dataset_runs: str = "sequential"  # or "parallel": one Ray actor per dataset (see module docstring)
+    cpus_per_run: float = 1.0  # each parallel run's share of the trial's resources
+    gpus_per_run: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,15 +70,68 @@ def aggregate(values: list[float], how: str) -> float:
     return float(sum(values) / len(values)) if how == "mean" else float(min(values))
 
 
-def build_runs(ctx: SearchContext, params: dict) -> dict:
-    """{dataset: Trainer} for the setting ``params`` (base preset <- base overrides <- params)."""
-    model_cls = get_model(ctx.model)
-    runs = {}
-    for name in ctx.datasets:
+class DatasetRun:
+    """One dataset's trainer inside a trial: built from the setting, stepped and checkpointed by the trial.
+
+    Lives in the trial's process, or is a Ray actor (``ray.remote(DatasetRun)``) of a parallel trial.
+    """
+
+    def __init__(self, context: dict, params: dict, name: str):
+        ctx = SearchContext(**context)
+        torch.set_num_threads(max(1, ctx.torch_threads))
         data = load_dataset(name, data_root=ctx.data_root, protocol=ctx.protocol, seed=ctx.seed, scale=ctx.scale)
         config = make_config(ctx.model, ctx.preset, name, {**ctx.base_overrides, **params})
-        runs[name] = model_cls(config, data, ctx.device, ctx.seed)
+        self.name, self.run = name, get_model(ctx.model)(config, data, ctx.device, ctx.seed)
+        self.cap = capped_epochs(self.run, ctx.max_epochs)
+
+    def progress(self) -> tuple[int, int]:
+        """(epochs done, epochs this run will do)."""
+        return self.run.epoch, self.cap
+
+    def step(self) -> dict:
+        return step_dataset(self.name, self.run)
+
+    def state_dict(self) -> dict:
+        """The trainer's state with every tensor on the CPU (it may travel to a process without a GPU)."""
+        return _to_cpu(self.run.state_dict())
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run.load_state_dict(state)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def build_runs(ctx: SearchContext, params: dict) -> dict:
+    """{dataset: DatasetRun or its Ray actor handle} for the setting ``params`` (see ``ctx.dataset_runs``)."""
+    if ctx.dataset_runs != "parallel":
+        return {name: DatasetRun(ctx.to_dict(), params, name) for name in ctx.datasets}
+    group = ray.util.get_current_placement_group()
+    first = 0 if tune.get_context().get_trial_resources().head_bundle_is_empty else 1
+    actor = ray.remote(DatasetRun)
+    runs = {}
+    for i, name in enumerate(ctx.datasets):
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=first + i) if group else None
+        runs[name] = actor.options(num_cpus=ctx.cpus_per_run, num_gpus=ctx.gpus_per_run,
+                                   scheduling_strategy=strategy).remote(ctx.to_dict(), params, name)
     return runs
+
+
+def call_runs(runs: dict, method: str, args: dict | None = None) -> dict:
+    """{name: runs[name].<method>(*args)} for each name of ``args`` (name -> tuple of arguments; default: every
+    run, no arguments); actors run side by side and are awaited together."""
+    calls = args if args is not None else {name: () for name in runs}
+    if not any(isinstance(runs[name], ray.actor.ActorHandle) for name in calls):
+        return {name: getattr(runs[name], method)(*argv) for name, argv in calls.items()}
+    refs = {name: getattr(runs[name], method).remote(*argv) for name, argv in calls.items()}
+    return dict(zip(refs, ray.get(list(refs.values()))))
 
 
 def capped_epochs(run, max_epochs: int | None) -> int:
@@ -101,7 +163,7 @@ def _number(value) -> bool:
 
 def save_checkpoint(runs: dict, state: dict, folder: str) -> tune.Checkpoint:
     """A tune.Checkpoint in ``folder`` of every trainer's state_dict (torch.save) and the trial's state (JSON)."""
-    torch.save({name: run.state_dict() for name, run in runs.items()}, os.path.join(folder, STATE_FILE))
+    torch.save(call_runs(runs, "state_dict"), os.path.join(folder, STATE_FILE))
     with open(os.path.join(folder, TRIAL_FILE), "w") as fh:
         json.dump(state, fh)
     return tune.Checkpoint.from_directory(folder)
@@ -113,8 +175,7 @@ def load_checkpoint(checkpoint: tune.Checkpoint, runs: dict) -> dict:
         path = os.path.join(folder, STATE_FILE)
         # weights_only: a checkpoint from shared storage is never unpickled as arbitrary objects
         states = torch.load(path, map_location="cpu", weights_only=True)
-        for name, run in runs.items():
-            run.load_state_dict(states[name])
+        call_runs(runs, "load_state_dict", {name: (states[name],) for name in runs})
         with open(os.path.join(folder, TRIAL_FILE)) as fh:
             return json.load(fh)
 
@@ -129,18 +190,18 @@ def trainable(config: dict, context: dict) -> None:
     ctx = SearchContext(**context)
     torch.set_num_threads(max(1, ctx.torch_threads))
     runs = build_runs(ctx, dict(config))
-    caps = {name: capped_epochs(run, ctx.max_epochs) for name, run in runs.items()}
-    epochs_total = max(caps.values())
     state = {"best_objective": -math.inf, "last": {}}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, runs)
-    epoch = max(run.epoch for run in runs.values())
+    progress = call_runs(runs, "progress")
+    epochs_total = max(cap for _, cap in progress.values())
+    epoch = max(done for done, _ in progress.values())
     while epoch < epochs_total:
         start = time.perf_counter()
-        for name, run in runs.items():
-            if run.epoch < caps[name]:  # a shorter run keeps its last scores
-                state["last"][name] = step_dataset(name, run)
+        due = {name: () for name, (done, cap) in progress.items() if done < cap}  # a shorter run keeps its last scores
+        state["last"].update(call_runs(runs, "step", due))
+        progress = {name: (done + (name in due), cap) for name, (done, cap) in progress.items()}
         epoch += 1
         metrics = {k: v for per in state["last"].values() for k, v in per.items()}
         objective = aggregate([state["last"][name][f"{name}/H"] for name in runs], ctx.objective)

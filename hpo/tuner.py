@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import ray
 from ray import tune
 
@@ -16,6 +17,7 @@ import hpo
 from hpo.storage import fetch_sidecar, is_remote, sync_callbacks
 from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, check_options, experiment_dir, optuna_url,
                             prepare, sidecar_dir)
+from hpo.reconcile import reconcile_snapshot
 from hpo.searcher import METRIC, MODE, make_scheduler, make_search_alg
 from hpo.trainable import trainable
 
@@ -56,12 +58,18 @@ def init_ray(opts: SearchOptions) -> None:
 
 def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path) -> tune.Tuner:
     """A new Tuner, or the restored one when ``opts.resume`` (finished trials are kept, errored ones resumed)."""
-    fn = tune.with_resources(tune.with_parameters(trainable, context=ctx.to_dict()),
-                             {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    fn = tune.with_resources(tune.with_parameters(trainable, context=ctx.to_dict()), trial_resources(opts, ctx))
     path = experiment_dir(opts)
     if opts.resume:
         if not tune.Tuner.can_restore(path):
             raise_user(f"--resume: Ray has no restorable state in {path} (the search never started): rerun with --force.")
+        try:
+            study = optuna.load_study(study_name=opts.experiment_name(), storage=optuna_url(opts, sidecar))
+        except KeyError:  # no study recorded (killed before the searcher was built): nothing to reconcile there
+            study = None
+        change = reconcile_snapshot(path, study)
+        if change and opts.verbose:
+            print(f"resume: searcher state matched to the trials Ray restores: {change.describe()}")
         return tune.Tuner.restore(path, trainable=fn, resume_errored=True)
     search_alg = make_search_alg(space, searcher=opts.searcher, seed=opts.seed, num_samples=opts.num_samples,
                                  storage_url=optuna_url(opts, sidecar), study_name=opts.experiment_name(),
@@ -80,6 +88,15 @@ def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path) -> tune.Tuner:
             callbacks=sync_callbacks(path, sidecar, SIDECAR_FILES),
         ),
     )
+
+
+def trial_resources(opts: SearchOptions, ctx) -> dict | tune.PlacementGroupFactory:
+    """The trial's resources: one bundle; or, for parallel dataset runs, an empty head (the trial's own
+    process only coordinates) and one bundle per dataset with its share of CPUs and GPUs."""
+    if ctx.dataset_runs != "parallel":
+        return {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+    bundle = {"CPU": ctx.cpus_per_run, "GPU": ctx.gpus_per_run}
+    return tune.PlacementGroupFactory([{}] + [bundle] * len(ctx.datasets))
 
 
 def raise_user(message: str):
@@ -111,6 +128,9 @@ def print_start(opts: SearchOptions, ctx, sidecar: Path) -> None:
     kind = "simulated" if all(d.startswith("sim-") for d in ctx.datasets) else "real"
     print(f"zsl-hpo search '{opts.experiment_name()}': model {ctx.model} (preset {ctx.preset}), datasets "
           f"{', '.join(ctx.datasets)} ({kind} data, protocol {ctx.protocol}), objective {ctx.objective} H")
+    share = f"{ctx.cpus_per_run:g} CPU" + (f" + {ctx.gpus_per_run:g} GPU" if ctx.gpus_per_run else "")
+    print(f"trials:      {ctx.dataset_runs} dataset runs"
+          + (f" ({share} each)" if ctx.dataset_runs == "parallel" else "") + f", {opts.max_concurrent} trials at once")
     print(f"results:     {exp}")
     print(f"optuna:      {optuna_url(opts, sidecar)}")
     print(f"tensorboard: tensorboard --logdir {exp}")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from zsl.errors import UserError
-from zsl.evaluation import ClassifierConfig, gzsl_evaluate, softmax_nll_grad, zsl_evaluate
+from zsl.evaluation import Adam, ClassifierConfig, gzsl_evaluate, softmax_nll_grad, zsl_evaluate
 from zsl.metrics import harmonic_mean
 
 DIM = 16
@@ -50,6 +50,23 @@ def test_softmax_nll_grad_matches_autograd():
     target = torch.tensor([0, 4, 2, 2, 1, 3, 0])
     torch.nn.functional.nll_loss(torch.log_softmax(logits, 1), target).backward()
     assert torch.allclose(softmax_nll_grad(logits.detach(), target), logits.grad)
+
+
+def test_adam_matches_torch_optim_adam():
+    g = _gen(5)
+    ours = [torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)]
+    theirs = [p.clone().requires_grad_(True) for p in ours]
+    init = [p.clone() for p in ours]
+    opt, torch_opt = Adam(ours, lr=0.01, beta1=0.5), torch.optim.Adam(theirs, lr=0.01, betas=(0.5, 0.999))
+    for _ in range(20):
+        grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in ours]
+        opt.step(grads)
+        for p, grad in zip(theirs, grads):
+            p.grad = grad.clone()
+        torch_opt.step()
+    for p, q, p0 in zip(ours, theirs, init):
+        assert (p - p0).abs().min() > 1e-3  # every entry moved ...
+        assert torch.allclose(p, q.detach(), rtol=0, atol=1e-12)  # ... exactly as torch's Adam moved it
 
 
 def test_separable_data_scores_100_percent():

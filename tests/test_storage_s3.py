@@ -219,3 +219,13 @@ def test_search_cli_on_s3_and_resume_on_a_fresh_driver(tmp_path):
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
         study = optuna.load_study(study_name="cli", storage=f"sqlite:///{driver / 'cli.hpo' / STUDY}")
         assert len(study.trials) == 2  # the study came back from the bucket
+        shutil.rmtree(driver / "cli.hpo")  # a report from another machine reads the bucket alone
+        report = subprocess.run([sys.executable, str(root / "hpo" / "report.py"), "s3://zsl-cli/exp/cli",
+                                 "--skip-final"], cwd=driver, env=env, capture_output=True, text=True, timeout=600)
+        assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+        text = (driver / "cli.report" / "report.md").read_text()
+        assert "# Search report: cli (simulated data)" in text and "Trials: 2 (2 completed" in text
+        missing = subprocess.run([sys.executable, str(root / "hpo" / "report.py"), "s3://zsl-cli/nothing-here"],
+                                 cwd=driver, env=env, capture_output=True, text=True, timeout=600)
+        assert missing.returncode == 2 and "holds no zsl-hpo experiment files" in missing.stderr
+        assert "Traceback" not in missing.stderr

@@ -7,8 +7,8 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.searcher import final_state
-from hpo.trainable import (DivergedError, SearchContext, aggregate, build_runs, check_finite, load_checkpoint,
-                           save_checkpoint, step_dataset)
+from hpo.trainable import (DivergedError, SearchContext, aggregate, build_runs, call_runs, check_finite,
+                           load_checkpoint, save_checkpoint)
 
 CTX = SearchContext(model="eszsl", preset="small", datasets=["sim-AWA2", "sim-CUB"])
 
@@ -38,15 +38,14 @@ def test_final_state(result, error, state):
 
 def test_checkpoint_round_trip_continues_the_same_trajectory(tmp_path):
     runs = build_runs(CTX, {"gamma": 0.5, "lam": 0.05})
-    for name, run in runs.items():
-        step_dataset(name, run)
+    call_runs(runs, "step")
     checkpoint = save_checkpoint(runs, {"best_objective": 12.5, "last": {}}, str(tmp_path))
-    expected = {name: step_dataset(name, run) for name, run in runs.items()}
+    expected = call_runs(runs, "step")
     resumed = build_runs(CTX, {"gamma": 0.5, "lam": 0.05})
     state = load_checkpoint(checkpoint, resumed)
     assert state["best_objective"] == 12.5
-    assert all(run.epoch == 1 for run in resumed.values())
-    got = {name: step_dataset(name, run) for name, run in resumed.items()}
+    assert all(progress[0] == 1 for progress in call_runs(resumed, "progress").values())
+    got = call_runs(resumed, "step")
     for name in runs:
         for key in (f"{name}/H", f"{name}/S", f"{name}/U", f"{name}/ZSL", f"{name}/loss/loss"):
             assert got[name][key] == pytest.approx(expected[name][key], rel=1e-12, abs=1e-12)

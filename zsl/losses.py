@@ -6,6 +6,8 @@ unless stated otherwise.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -105,3 +107,31 @@ def adapt_gp_weight(lam: torch.Tensor, mean_penalty: torch.Tensor, high: float =
                     rate: float = 1.1) -> torch.Tensor:
     """Adaptive GP weight of DFG: lam*rate if mean_penalty > high, lam/rate if < low, else lam (on device)."""
     return torch.where(mean_penalty > high, lam * rate, torch.where(mean_penalty < low, lam / rate, lam))
+
+
+def n_mismatched(batch: int, ratio: float) -> int:
+    """Rows of a batch that get a wrong class attribute in DRG negative sampling: ceil(ratio * batch)."""
+    return math.ceil(ratio * batch)
+
+
+def mismatched_classes(y: torch.Tensor, classes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """A class other than y_i for each row: classes[(pos(y_i) + 1 + offsets_i) mod K].
+
+    y: [k] labels, each one of ``classes``; classes: [K] sorted ascending, K >= 2; offsets: [k]
+    integers in [0, K-2].  The step 1 + offset lies in [1, K-1], so the result is never y_i, and it
+    is uniform over the K-1 other classes when the offsets are.
+    """
+    pos = torch.searchsorted(classes, y)
+    return classes[(pos + 1 + offsets) % classes.shape[0]]
+
+
+def mismatched_pair_score(critic, c: torch.Tensor, y: torch.Tensor, class_emb: torch.Tensor,
+                          classes: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """E_i critic(c[rows_i], class_emb[wrong_i]): the mean critic value of real c paired with a wrong
+    class's attribute (spec d2sc §5 step 6; without the weight gamma_x0 * ratio).
+
+    critic: callable (c [k, C], a [k, A]) -> scores [k]; c: [B, C]; y: [B] labels; class_emb: [K_all, A];
+    classes: [K] sorted candidate classes (the seen ones); rows: [k] batch rows; offsets: [k] in [0, K-2].
+    """
+    wrong = mismatched_classes(y[rows], classes, offsets)
+    return critic(c[rows], class_emb[wrong]).mean()

@@ -56,6 +56,9 @@ class Config:
       not updated by the DFG generator step.  kl_clamp: clamp of the VAE KL term.
       drg_generator_input: "noisy_next" = G_c sees c_{t+1} as DDGAN intends (default: the reference's
       c_t gives an identity shortcut at t=0 that inference never sees, defect 4); "reference" = c_t.
+      drg_neg_sampling, drg_neg_ratio: "mismatch_att" adds gamma_x0*ratio*E D_c0(c_0[idx], a_wrong) to the
+      DRG critic's fake term (spec §5 step 6): idx = ceil(ratio*B) batch rows drawn without repeats,
+      each paired with the attribute of a seen class drawn uniformly among those != its own; "none" = off.
       drg_semantic_loss: add drg_gamma_recons*MSE(Dec(ĉ0), a) to the DRG generator loss (default on:
       otherwise the DRG decoder influences nothing, defect 6); off = reference (logged only).
       s2v_trainable: train the S2V projection with the generator (default on: the reference's frozen
@@ -120,6 +123,8 @@ class Config:
     gamma_center: float = 0.25
     kl_clamp: float = 100.0
     drg_generator_input: str = "noisy_next"
+    drg_neg_sampling: str = "none"
+    drg_neg_ratio: float = 0.0
     drg_semantic_loss: bool = True
     drg_gamma_recons: float = 1.0
     s2v_trainable: bool = True
@@ -146,6 +151,7 @@ CHOICES = {
     "batch_sampling": ("random", "permutation"),
     "encoder_betas": ("beta1", "reference"),
     "drg_generator_input": ("noisy_next", "reference"),
+    "drg_neg_sampling": ("none", "mismatch_att"),
     "mmd_bandwidths": ("median", "reference"),
     "vae_recon": ("sum", "mean"),
     "dec_normalise": ("auto", "on", "off"),
@@ -172,6 +178,10 @@ def check_config(cfg: Config, protocol: str) -> None:
             raise UserError(f"d2sc option '{key}' must be >= 1, got {getattr(cfg, key)}: fix the value.")
     if cfg.iters_per_epoch < 0:
         raise UserError(f"d2sc option 'iters_per_epoch' must be >= 0 (0 = ceil(n_train/batch_size)), got {cfg.iters_per_epoch}: fix the value.")
+    if not 0.0 <= cfg.drg_neg_ratio <= 1.0:
+        raise UserError(f"d2sc option 'drg_neg_ratio' must lie in [0, 1], got {cfg.drg_neg_ratio}: fix the value.")
+    if cfg.drg_neg_sampling == "none" and cfg.drg_neg_ratio != 0.0:
+        raise UserError("d2sc option 'drg_neg_ratio' has no effect with drg_neg_sampling=none: set drg_neg_sampling=mismatch_att or drop the ratio.")
     if cfg.drg_epochs < 0 or cfg.dfg_epochs < 0:
         raise UserError("d2sc options 'drg_epochs' and 'dfg_epochs' must be >= 0: fix the values.")
     if protocol == "final":
@@ -211,6 +221,8 @@ class D2SC:
     def __init__(self, config: dict, data: ZSLData, device, seed: int):
         self.cfg = cfg = Config(**validate_config(Config, config, where="model 'd2sc'"))
         check_config(cfg, data.protocol)
+        if cfg.drg_neg_sampling != "none" and len(data.seen_classes) < 2:
+            raise UserError("d2sc option 'drg_neg_sampling=mismatch_att' needs at least 2 seen classes to pick a wrong attribute: use drg_neg_sampling=none.")
         self.data, self.seed = data, int(seed)
         self.device = dev = torch.device(device)
         self._load_tensors(data)
@@ -282,6 +294,7 @@ class D2SC:
         self.eval_unseen_c = t(data.eval_unseen_c) if second else self.eval_unseen_x
         self.seen = t(data.seen_classes, torch.long)
         self.unseen = t(data.unseen_classes, torch.long)
+        self.seen_sorted = self.seen.sort().values
 
     def _randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.gen, device=self.device)
@@ -352,23 +365,43 @@ class D2SC:
         c0_hat = self.nets["G_c"](self._randn(c0.shape[0], self.Z), c_in, a, t)
         return c0_hat, self._posterior(c0_hat, c_next, t)
 
+    def _drg_mismatch_draws(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows [k], offsets [k]) of DRG negative sampling: ceil(ratio*B) batch rows without repeats and
+        offsets in [0, K_seen-2] choosing another seen class for each."""
+        k = losses.n_mismatched(b, self.cfg.drg_neg_ratio)
+        rows = torch.randperm(b, generator=self.gen, device=self.device)[:k]
+        offsets = torch.randint(0, self.seen_sorted.shape[0] - 1, (k,), generator=self.gen, device=self.device)
+        return rows, offsets
+
+    def _drg_mismatched_score(self, c0: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
+                              offsets: torch.Tensor) -> torch.Tensor:
+        """E D_c0(c0[rows], a_wrong): real c paired with another seen class's attribute."""
+        D = self.nets["D_c0"]
+        return losses.mismatched_pair_score(lambda c, a: D(c, D.condition(a=a)), c0, y, self.emb,
+                                            self.seen_sorted, rows, offsets)
+
     @torch.no_grad()
     def _drg_critic_batches(self, steps: int) -> list[dict]:
-        """The batches, diffused pairs, fakes (ĉ_0, ĉ_t) and GP mixing weights of ``steps`` critic steps.
+        """The batches, diffused pairs, fakes (ĉ_0, ĉ_t), GP mixing weights (and negative-sampling draws)
+        of ``steps`` critic steps.
 
         G_c is frozen during the critic steps, so its ``steps`` forwards are one call on all rows.
         Random numbers are drawn per step in the order of one step done alone (batch, t, pair noise,
-        z, posterior noise, u of D_c0, u of D_ct): the training stream is the same either way.
+        z, posterior noise, u of D_c0, u of D_ct, then the negative-sampling rows and offsets when on):
+        the training stream is the same either way.
         """
         draws = []
         for _ in range(steps):
-            _, c0, a, _ = self._batch()
+            _, c0, a, y = self._batch()
             t = self._timesteps(c0.shape[0])
             c_t, c_next = self._pairs(c0, t)
             z = self._randn(c0.shape[0], self.Z)
             noise = self._randn(*c0.shape)
-            draws.append(dict(c0=c0, a=a, t=t, c_t=c_t, c_next=c_next, z=z, noise=noise,
-                              u0=self._rand(c0.shape[0]), ut=self._rand(c0.shape[0])))
+            d = dict(c0=c0, a=a, y=y, t=t, c_t=c_t, c_next=c_next, z=z, noise=noise,
+                     u0=self._rand(c0.shape[0]), ut=self._rand(c0.shape[0]))
+            if self.cfg.drg_neg_sampling == "mismatch_att":   # draws only when on
+                d["neg_rows"], d["neg_offsets"] = self._drg_mismatch_draws(c0.shape[0])
+            draws.append(d)
         cat = lambda key: torch.cat([d[key] for d in draws])  # noqa: E731
         c_in = cat("c_next") if self.cfg.drg_generator_input == "noisy_next" else cat("c_t")
         c0_hat = self.nets["G_c"](cat("z"), c_in, cat("a"), cat("t"))
@@ -392,9 +425,15 @@ class D2SC:
                                              c_t, d["ct_hat"], d["ut"])
             wdist = cfg.gamma_x0 * (r0.mean() - f0.mean()) + cfg.gamma_xt * (rt.mean() - ft.mean())
             gp = cfg.gamma_x0 * gp0 + cfg.gamma_xt * gpt
-            self._backward(loss_dec - wdist + cfg.lambda1 * gp, ["D_c0", "D_ct", "Dec_c"])
+            loss = loss_dec - wdist + cfg.lambda1 * gp
+            if cfg.drg_neg_sampling == "mismatch_att":   # drawn only when on: the stream is unchanged when off
+                neg = self._drg_mismatched_score(c0, d["y"], d["neg_rows"], d["neg_offsets"])
+                loss = loss + cfg.gamma_x0 * cfg.drg_neg_ratio * neg
+            self._backward(loss, ["D_c0", "D_ct", "Dec_c"])
             self._step(["D_c", "Dec_c"], [])
         _acc(log, d_loss=-wdist + cfg.lambda1 * gp, wasserstein=wdist, gp=gp, dec_loss=loss_dec)
+        if cfg.drg_neg_sampling == "mismatch_att":
+            _acc(log, neg_score=neg)   # E D_c0(real c, wrong attribute); not part of the logged d_loss
 
         _set_requires_grad(critics, False)
         _set_requires_grad([n["G_c"]], True)
