@@ -14,9 +14,16 @@ Measured on the shared 2-core CPU (other helpers' jobs running; executed matmuls
 wall second; per CPU second in brackets):
   threads 1  before (main 62d94f0)  13.0 s/it  57% (59%)   after  6.6 s/it  72% (70%)
              with GLIBC_TUNABLES=glibc.malloc.mmap_max=0:  before 63% (67%)   after 78% (77%)
-  threads 2  (load average 4-7)  before 33.8 / 32.1 / 21.8 s/it  33 / 39 / 36%
-                                 after  20.1 / 26.1 / 11.7 s/it  37 / 47 / 36%
-             (load average 10-20) before 32.3 s/it 31%; after 41.2 s/it 39%, with the glibc setting 26.0 s/it 40%
+  threads 2  quiet (load average 1.7-1.8), 3 alternating runs:
+                                 before 5.84 / 5.16 / 5.43 s/it  67 / 51 / 48% (63 / 50 / 49%)
+                                 after  3.91 / 3.92 / 3.98 s/it  55 / 56 / 54% (56 / 55 / 54%)
+             busy (load average 4-7)   before 33.8 / 32.1 / 21.8 s/it  33 / 39 / 36%
+                                       after  20.1 / 26.1 / 11.7 s/it  37 / 47 / 36%
+             busy (load average 10-20) before 32.3 s/it 31%; after 41.2 s/it 39%, glibc setting 26.0 s/it 40%
+The ratio counts executed FLOPs, and the change removed 17% of them (zero-valued double-backward
+passes): per useful FLOP (142.2) the quiet 2-thread "before" is 40%.  What bounds 2 threads below
+70%: 56 of the 142 GFLOP are batch-64 matmuls, whose own rate is 58% of the square ceiling there
+(the [64x4096]@[4096x4096] column), and Adam's ~190 M parameter updates per iteration are memory-bound.
 Two threads on two shared cores stay far below the ceiling: every one of the iteration's several hundred
 ops ends in a thread barrier that waits whenever the other thread is descheduled, which a single
 big matmul hardly feels.  The glibc setting stops each fresh 32 MiB gradient (above glibc's
