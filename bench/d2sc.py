@@ -22,7 +22,7 @@ wall second; per CPU second in brackets):
              busy (load average 10-20) before 32.3 s/it 31%; after 41.2 s/it 39%, glibc setting 26.0 s/it 40%
 The ratio counts executed FLOPs, and the change removed 17% of them (zero-valued double-backward
 passes): per useful FLOP (142.2) the quiet 2-thread "before" is 40%.  What bounds 2 threads below
-70%: 56 of the 142 GFLOP are batch-64 matmuls, whose own rate is 58% of the square ceiling there
+70%: about 60 of the 142 GFLOP (by the layer shapes) are batch-64 matmuls, whose rate is 58% of the square ceiling there
 (the [64x4096]@[4096x4096] column), and Adam's ~190 M parameter updates per iteration are memory-bound.
 Two threads on two shared cores stay far below the ceiling: every one of the iteration's several hundred
 ops ends in a thread barrier that waits whenever the other thread is descheduled, which a single
