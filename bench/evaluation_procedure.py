@@ -37,6 +37,7 @@ CPU = this process's CPU seconds, robust to the load only up to cache sharing; w
   0.04     17.1 /  22.8       217.4 / 555.6         12.7x / 24.3x    3.0 -> 14.4
   0.02 *   15.5 /  81.5       112.8 / 429.2          7.3x /  5.3x    11.6 -> 11.6
   0.02 b    5.3 /   5.3       103.0 / 137.7         19.6x / 25.8x    4.4 -> 4.3
+  0.1      29.3 /  29.3       413.9 / 414.3         14.1x / 14.1x    0.8 -> 1.0 (quiet; lean Adam)
   Rows 1-2 used torch.optim.Adam in our classifier; * = rerun with the lean Adam now in
   zsl.evaluation (identical printed accuracies; per step 1.55 -> 1.29 ms at batch 10 in a
   back-to-back micro-benchmark) under load 10-15, where even CPU seconds inflate (the reference's
@@ -48,12 +49,17 @@ CPU = this process's CPU seconds, robust to the load only up to cache sharing; w
   reference V one-step, last epoch      100.0 /  3.0 /  5.8 / 29.6      100.0 /  6.5 / 12.2 / 29.0
   reference reports (best epoch+mode)    97.5 / 11.8 / 21.0 / 35.2       49.3 / 14.9 / 22.8 / 38.6
 
-Reading: ZSL agrees within a point on the comparable row; GZSL U/H differ by more, in our favour
+  scale 0.1 (quiet run above):           ours 100.0 / 12.1 / 21.5 / 34.0;  reference V one-step, last
+  epoch 100.0 / 7.6 / 14.1 / 44.4;  reference reports (test-selected) 100.0 / 9.4 / 17.2 / 53.2.
+
+Reading: at scales 0.02-0.04 ZSL agrees within a point on the comparable row, at 0.1 the reference's
+last-epoch ZSL is 10 points higher (its batch = syn_num classifier vs ours at 512 x scale); GZSL U/H differ by more, in our favour
 (the reference takes only ~13 steps per epoch at batch = syn_num; 137-320 evaluation rows per split
 make every figure noisy).  The reference's reported figures are test-selected (not comparable).
 At these small scales our time has a fixed part (~9,000 classifier steps whatever the scale) that
-the reference's 7,150 larger steps amortise better: from the two CPU points, ours ~ 8.7 + 210 x scale s
-and the reference ~ 5,600 x scale s, i.e. ~25x at full scale by linear extrapolation (not measured).
+the reference's 7,150 larger steps amortise better.  From the 0.04 and 0.1 CPU points the marginal
+costs are ~200 s (ours) and ~3,300 s (reference) per unit of scale, i.e. ~16x toward full scale
+(extrapolated, not measured; the 0.02-0.04 points alone had suggested ~25x).
 A FLOP count at full scale (this module's procedure: generation 46 T, classifiers incl. Dec ~37 T;
 ours: synthesis 6.1 T, two classifiers 1.2 T) gives ~11x if the reference ran at our FLOP efficiency,
 which it does not (autograd, host copies and reshuffles, per-class loops).  Ours is mostly one forward
