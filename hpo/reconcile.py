@@ -21,14 +21,13 @@ from __future__ import annotations
 import fnmatch
 import json
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
 import optuna
 import pyarrow.fs
 import ray.cloudpickle as cloudpickle
 from optuna.trial import TrialState
 
-from hpo.storage import is_remote
+from hpo.storage import files_in, filesystem
 from zsl.errors import UserError
 
 EXPERIMENT_STATE, GENERATOR_STATE = "experiment_state-*.json", "search_gen_state-*.json"
@@ -96,8 +95,9 @@ def reconcile_snapshot(experiment_dir: str, study: optuna.Study | None) -> Recon
 
     Also ends orphaned Optuna trials as FAIL when ``study`` is given. Returns what changed.
     """
-    fs, root = _filesystem(experiment_dir)
-    state_file, gen_file = _newest(fs, root, EXPERIMENT_STATE), _newest(fs, root, GENERATOR_STATE)
+    fs, root = filesystem(experiment_dir)
+    names = files_in(experiment_dir)
+    state_file, gen_file = _newest(names, root, EXPERIMENT_STATE), _newest(names, root, GENERATOR_STATE)
     if state_file is None:
         return Reconciled()
     trials = saved_trials(fs, state_file)
@@ -132,16 +132,8 @@ def saved_trials(fs: pyarrow.fs.FileSystem, state_file: str) -> dict[str, str]:
     return trials
 
 
-def _filesystem(experiment_dir: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    if is_remote(experiment_dir):
-        return pyarrow.fs.FileSystem.from_uri(experiment_dir)
-    return pyarrow.fs.LocalFileSystem(), experiment_dir
-
-
-def _newest(fs: pyarrow.fs.FileSystem, root: str, pattern: str) -> str | None:
+def _newest(names: list[str], root: str, pattern: str) -> str | None:
     """The file Ray restores from: the greatest name matching ``pattern`` (names end in a timestamp)."""
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    names = [PurePosixPath(i.path).name for i in infos if i.type == pyarrow.fs.FileType.File]
     matching = fnmatch.filter(names, pattern)
     return f"{root.rstrip('/')}/{max(matching)}" if matching else None
 

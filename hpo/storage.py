@@ -28,9 +28,16 @@ def is_remote(storage_path: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", storage_path)) and not storage_path.startswith("file://")
 
 
-def remote_files(remote_dir: str) -> list[str]:
-    """Names of the plain files directly inside a remote folder (empty when it does not exist)."""
-    fs, path = pyarrow.fs.FileSystem.from_uri(remote_dir)
+def filesystem(folder: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The pyarrow file system and path of a local folder or a URI."""
+    if is_remote(folder):
+        return pyarrow.fs.FileSystem.from_uri(folder)
+    return pyarrow.fs.LocalFileSystem(), folder
+
+
+def files_in(folder: str) -> list[str]:
+    """Names of the plain files directly inside a local or remote folder (empty when it does not exist)."""
+    fs, path = filesystem(folder)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     return sorted(Path(info.path).name for info in infos if info.type == pyarrow.fs.FileType.File)
 
@@ -48,7 +55,7 @@ def fetch_sidecar(remote_dir: str, local_dir: Path, names: tuple[str, ...]) -> l
     Local copies of the other names are deleted, so a stale local file from an earlier run
     of the same name never stands in for a missing remote one.
     """
-    present = set(remote_files(remote_dir))
+    present = set(files_in(remote_dir))
     local_dir = Path(local_dir)
     local_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -62,7 +69,7 @@ def fetch_sidecar(remote_dir: str, local_dir: Path, names: tuple[str, ...]) -> l
 def fetch_tree(remote_dir: str, local_dir: Path, names: tuple[str, ...]) -> int:
     """Download every file called one of ``names`` under remote_dir (any depth) into local_dir, keeping
     the relative layout; returns how many were fetched."""
-    fs, root = pyarrow.fs.FileSystem.from_uri(remote_dir)
+    fs, root = filesystem(remote_dir)
     root = root.rstrip("/")
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
     fetched = 0

@@ -188,8 +188,7 @@ def trainable(config: dict, context: dict) -> None:
     <dataset>/loss/<name>, epoch_seconds.
     """
     ctx = SearchContext(**context)
-    torch.set_num_threads(max(1, ctx.torch_threads))
-    runs = build_runs(ctx, dict(config))
+    runs = build_runs(ctx, dict(config))  # each DatasetRun sets the torch thread count of its process
     state = {"best_objective": -math.inf, "last": {}}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
