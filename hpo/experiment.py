@@ -2,18 +2,24 @@
 
 The experiment directory ``<storage_path>/<name>/`` holds Ray's trial folders (TensorBoard event
 files, results, checkpoints), ``search.json`` (the options and context of this search, read by
-the report) and ``optuna.db`` (the Optuna study, unless ``optuna_storage`` names another database).
+the report), ``optuna.db`` (the Optuna study, unless ``optuna_storage`` names another database),
+the zsl-hpo marker and Ray's state with its signed copy (see hpo.folder_guard, hpo.trusted_state).
+``search.json`` holds no absolute path of the folder itself: a folder can be moved or copied and
+reported or resumed from its new place.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from zsl.errors import UserError
+from hpo.folder_guard import check_name, remove_experiment_folder, write_marker
+from hpo.storage import is_remote
+from hpo.trusted_state import default_key_file
 from hpo.spaces import Space, load_space
 from hpo.trainable import OBJECTIVES, SearchContext
 
@@ -22,6 +28,7 @@ STUDY_FILE = "optuna.db"
 SIM_DATASETS = ["sim-AWA2", "sim-CUB", "sim-SUN"]
 DATASET_RUNS = ("auto", "parallel", "sequential")
 REAL_DATASETS = ["AWA2", "CUB", "SUN"]
+RECORD_FORMAT = 2  # search.json layout: 2 = experiment_id, no absolute paths
 
 
 @dataclass
@@ -53,6 +60,7 @@ class SearchOptions:
     optuna_storage: str | None = None
     max_failures: int = 1
     verbose: int = 1
+    state_key: str = field(default_factory=default_key_file)  # the driver's key that signs Ray's state (hpo.trusted_state)
 
     def resolved_datasets(self) -> list[str]:
         return list(self.datasets) if self.datasets else (REAL_DATASETS if self.data_root else SIM_DATASETS)
@@ -80,24 +88,30 @@ def check_options(opts: SearchOptions) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message + ".")
+    check_name(opts.experiment_name())
     if len(set(opts.resolved_datasets())) != len(opts.resolved_datasets()):
         raise UserError("--datasets lists a dataset twice: list each once.")
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
+def storage_root(opts: SearchOptions) -> str:
+    """The storage path: a remote URI as given, a local path (or file:// URI) expanded and made absolute."""
+    path = opts.storage_path
+    if is_remote(path):
+        return path.rstrip("/")
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return str(Path(path).expanduser().resolve())
 
 
 def experiment_dir(opts: SearchOptions) -> str:
-    """``<storage_path>/<name>`` (local paths expanded and made absolute)."""
-    base = opts.storage_path if is_uri(opts.storage_path) else str(Path(opts.storage_path).expanduser().resolve())
-    return f"{base.rstrip('/')}/{opts.experiment_name()}"
+    """``<storage_path>/<name>``."""
+    return f"{storage_root(opts)}/{opts.experiment_name()}"
 
 
 def sidecar_dir(opts: SearchOptions) -> Path:
-    """Where search.json and optuna.db live: the experiment dir, or ./<name>.hpo for a URI storage."""
+    """Where search.json and optuna.db live: the experiment dir, or ./<name>.hpo for a remote storage."""
     exp = experiment_dir(opts)
-    return Path(f"{opts.experiment_name()}.hpo").resolve() if is_uri(exp) else Path(exp)
+    return Path(f"{opts.experiment_name()}.hpo").resolve() if is_remote(exp) else Path(exp)
 
 
 def specialised_space(opts: SearchOptions) -> tuple[Space, str | None, dict]:
@@ -136,15 +150,17 @@ def check_datasets(ctx: SearchContext) -> None:
 
 
 def prepare(opts: SearchOptions) -> tuple[Space, SearchContext, Path]:
-    """Validate options and space, guard the experiment dir (refuse overwrite), write search.json."""
+    """Validate options and space, guard the experiment dir (refuse overwrite), write search.json.
+
+    The caller holds the experiment's FolderLock. ``--force`` deletes only folders this project made
+    (hpo.folder_guard.remove_experiment_folder); a remote experiment's files stay where they are.
+    """
     check_options(opts)
     sidecar = sidecar_dir(opts)
     search_file = sidecar / SEARCH_FILE
-    exists = search_file.exists() or (not is_uri(experiment_dir(opts)) and Path(experiment_dir(opts)).exists())
+    exists = search_file.exists() or (not is_remote(experiment_dir(opts)) and Path(experiment_dir(opts)).exists())
     if opts.resume:
-        if not search_file.exists():
-            raise UserError(f"--resume: no experiment at {experiment_dir(opts)}: check --name/--storage-path or start without --resume.")
-        saved = json.loads(search_file.read_text())
+        saved = read_search(sidecar, flag="--resume")
         return specialised_space(opts)[0], SearchContext(**saved["context"]), sidecar
     if exists and not opts.force:
         raise UserError(f"experiment {experiment_dir(opts)} already exists: pass --resume to continue it, --force to overwrite it, or --name to start another.")
@@ -152,24 +168,46 @@ def prepare(opts: SearchOptions) -> tuple[Space, SearchContext, Path]:
     ctx = make_context(opts, preset, overrides, space.model)
     check_datasets(ctx)
     if exists and opts.force:
-        if not is_uri(experiment_dir(opts)):
-            shutil.rmtree(experiment_dir(opts), ignore_errors=True)
-        shutil.rmtree(sidecar, ignore_errors=True)
-    sidecar.mkdir(parents=True, exist_ok=True)
-    record = {"options": asdict(opts), "context": ctx.to_dict(), "space_path": space.path,
-              "experiment_dir": experiment_dir(opts), "study_name": opts.experiment_name(),
-              "optuna_storage": optuna_url(opts, sidecar)}
-    search_file.write_text(json.dumps(record, indent=2))
+        if not is_remote(experiment_dir(opts)):
+            remove_experiment_folder(Path(experiment_dir(opts)), Path(storage_root(opts)))
+        remove_experiment_folder(sidecar, sidecar.parent)
+    experiment_id = uuid.uuid4().hex
+    write_marker(sidecar, experiment_id)
+    record = {"format": RECORD_FORMAT, "experiment_id": experiment_id, "options": asdict(opts),
+              "context": ctx.to_dict(), "space_path": space.path, "study_name": opts.experiment_name(),
+              "optuna_storage": opts.optuna_storage}
+    atomic_write_text(search_file, json.dumps(record, indent=2))
     return space, ctx, sidecar
 
 
-def optuna_url(opts: SearchOptions, sidecar: Path) -> str:
-    return opts.optuna_storage or f"sqlite:///{sidecar / STUDY_FILE}"
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename: readers never see half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
-def read_search(exp_dir: str | os.PathLike) -> dict:
-    """The search.json of an experiment directory (UserError when it is not one)."""
+def study_url(record: dict, folder: str | os.PathLike) -> str:
+    """The Optuna storage URL of a search record read from ``folder`` (the sqlite file inside it by default)."""
+    return record.get("optuna_storage") or f"sqlite:///{Path(folder).expanduser().resolve() / STUDY_FILE}"
+
+
+def read_search(exp_dir: str | os.PathLike, flag: str | None = None) -> dict:
+    """The search.json of an experiment directory (UserError when it is not one, or is damaged)."""
     path = Path(exp_dir).expanduser() / SEARCH_FILE
+    where = f"{flag}: " if flag else ""
     if not path.is_file():
-        raise UserError(f"{Path(exp_dir)} is not a zsl-hpo experiment directory (no {SEARCH_FILE}): pass the folder printed by hpo/search.py.")
-    return json.loads(path.read_text())
+        raise UserError(f"{where}{Path(exp_dir)} is not a zsl-hpo experiment directory (no {SEARCH_FILE}): pass the "
+                        "folder printed by hpo/search.py (or check --name/--storage-path).")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    keys = ("options", "context", "study_name")
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), (dict, str)) for k in keys):
+        raise UserError(f"{where}{path} is truncated or damaged: it cannot be read; restore it from a copy, or "
+                        "start the search again with --force.")
+    if record.get("format", 1) > RECORD_FORMAT:
+        raise UserError(f"{where}{path} was written by a newer zsl-hpo (format {record['format']}): upgrade this "
+                        "installation to read it.")
+    return record

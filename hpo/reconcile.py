@@ -19,7 +19,6 @@ Optuna trials carry their Ray trial id (user attribute ``ray_trial_id``, set by 
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass, field
 
 import optuna
@@ -28,6 +27,8 @@ import ray.cloudpickle as cloudpickle
 from optuna.trial import TrialState
 
 from hpo.storage import files_in, filesystem
+from hpo.trial_status import trial_statuses
+from hpo.trusted_state import write_whole
 from zsl.errors import UserError
 
 EXPERIMENT_STATE, GENERATOR_STATE = "experiment_state-*.json", "search_gen_state-*.json"
@@ -93,6 +94,8 @@ def orphaned_trials(study: optuna.Study, known: set[str]) -> list[optuna.trial.F
 def reconcile_snapshot(experiment_dir: str, study: optuna.Study | None) -> Reconciled:
     """Rewrite the newest searcher snapshot of ``experiment_dir`` (local path or URI) to match its trial list.
 
+    Call it only after hpo.trusted_state.restore_signed_state: it unpickles the searcher snapshot.
+
     Also ends orphaned Optuna trials as FAIL when ``study`` is given. Returns what changed.
     """
     fs, root = filesystem(experiment_dir)
@@ -107,7 +110,7 @@ def reconcile_snapshot(experiment_dir: str, study: optuna.Study | None) -> Recon
             state = cloudpickle.loads(stream.readall())
         new, change = reconciled_generator_state(state, trials)
         if change:
-            _write(fs, gen_file, cloudpickle.dumps(new))
+            write_whole(fs, gen_file, cloudpickle.dumps(new))
     if study is not None:
         for trial in orphaned_trials(study, set(trials)):
             study.tell(trial.number, state=TrialState.FAIL)
@@ -120,31 +123,14 @@ def saved_trials(fs: pyarrow.fs.FileSystem, state_file: str) -> dict[str, str]:
     with fs.open_input_stream(state_file) as stream:
         raw = stream.readall()
     try:
-        state = json.loads(raw)
-    except ValueError:
-        raise UserError(f"--resume: {state_file} is truncated (the driver was killed while Ray copied it) and Ray "
-                        "cannot restore from it: start another search with --name (this one's finished trial "
-                        "folders stay readable) or overwrite it with --force.") from None
-    trials = {}
-    for entry in state["trial_data"]:
-        meta = json.loads(entry[0] if isinstance(entry, list) else entry)
-        trials[meta["trial_id"]] = meta["status"]
-    return trials
+        return trial_statuses(raw)
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise UserError(f"--resume: {state_file} is truncated or damaged and Ray cannot restore from it: start "
+                        "another search with --name (this one's finished trial folders stay readable) or overwrite "
+                        "it with --force.") from None
 
 
 def _newest(names: list[str], root: str, pattern: str) -> str | None:
     """The file Ray restores from: the greatest name matching ``pattern`` (names end in a timestamp)."""
     matching = fnmatch.filter(names, pattern)
     return f"{root.rstrip('/')}/{max(matching)}" if matching else None
-
-
-def _write(fs: pyarrow.fs.FileSystem, path: str, payload: bytes) -> None:
-    """Replace ``path`` whole: via a temporary file and a move (a single PUT on object stores)."""
-    if isinstance(fs, pyarrow.fs.LocalFileSystem):
-        tmp = f"{path}.reconcile-tmp"
-        with fs.open_output_stream(tmp) as stream:
-            stream.write(payload)
-        fs.move(tmp, path)
-    else:
-        with fs.open_output_stream(path) as stream:
-            stream.write(payload)

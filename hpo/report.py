@@ -32,46 +32,76 @@ if __package__ in (None, ""):  # run as a script (see hpo/search.py)
 
 import yaml  # noqa: E402
 
-from hpo.experiment import SEARCH_FILE, STUDY_FILE, SearchOptions, read_search, specialised_space  # noqa: E402
+from hpo.experiment import SEARCH_FILE, STUDY_FILE, SearchOptions, read_search, specialised_space, study_url  # noqa: E402
 from hpo.storage import fetch_tree, is_remote  # noqa: E402
 from hpo.spaces import published_point  # noqa: E402
 from hpo.trainable import SearchContext, aggregate, capped_epochs  # noqa: E402
+from hpo.trial_status import ray_trial_status  # noqa: E402
+from hpo.trusted_state import SNAPSHOT_FILE  # noqa: E402
 from zsl.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 
 
-REPORT_INPUTS = ("params.json", "result.json", "error.txt", SEARCH_FILE, STUDY_FILE)  # what a report reads
+REPORT_INPUTS = ("params.json", "result.json", "error.txt", SEARCH_FILE, STUDY_FILE, SNAPSHOT_FILE)  # what a report reads
 
 
 @dataclass
 class TrialRecord:
-    """One trial as read back from its folder: params, per-epoch results, outcome."""
+    """One trial as read back from its folder: params, per-epoch results, and Ray's final status of it.
+
+    ``status`` is Ray's own record (TERMINATED, ERROR, RUNNING, PAUSED, PENDING; None when the experiment has
+    no readable record): an error file left by an attempt Ray later recovered from does not make it errored.
+    """
 
     name: str
     config: dict
     rows: list
-    errored: bool
+    status: str | None
+    error_file: bool = False
 
     @property
     def last(self) -> dict:
         return self.rows[-1] if self.rows else {}
 
     @property
+    def errored(self) -> bool:
+        return self.status == "ERROR" if self.status is not None else self.error_file
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.last.get("diverged"))
+
+    @property
     def finished(self) -> bool:
-        return bool(self.rows) and not self.errored and self.last["epoch"] >= self.last["epochs_total"]
+        return (bool(self.rows) and not self.errored and not self.diverged and self.status in (None, "TERMINATED")
+                and self.last["epoch"] >= self.last["epochs_total"])
 
     def outcome(self) -> str:
-        return "errored" if self.errored else ("completed" if self.finished else "stopped early")
+        if self.errored:
+            return "errored"
+        if self.diverged:
+            return "diverged"
+        if self.status in ("RUNNING", "PAUSED", "PENDING"):
+            return "interrupted"
+        return "completed" if self.finished else "stopped early"
+
+
+OUTCOMES = ("completed", "stopped early", "diverged", "interrupted", "errored")
 
 
 def read_trials(exp: Path) -> list[TrialRecord]:
-    """Every trial folder of a Ray experiment (params.json, result.json, error files)."""
+    """Every trial folder of a Ray experiment (params.json, result.json) with Ray's status of it."""
+    statuses = ray_trial_status(exp)
     trials = []
     for folder in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists()):
         rows = []
         if (folder / "result.json").exists():
             rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
-        errored = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
-        trials.append(TrialRecord(folder.name, json.loads((folder / "params.json").read_text()), rows, errored))
+        trial_id = rows[-1].get("trial_id") if rows else None
+        status = statuses.get(trial_id) if trial_id else next(
+            (v for k, v in statuses.items() if f"_{k}_" in folder.name), None)
+        error_file = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
+        trials.append(TrialRecord(folder.name, json.loads((folder / "params.json").read_text()), rows,
+                                  status if statuses else None, error_file))
     return trials
 
 
@@ -165,7 +195,7 @@ def plot_importances(record: dict, path: Path) -> dict:
     """Optuna fANOVA parameter importances over completed trials (skipped below 4); returns them."""
     import optuna
 
-    study = optuna.load_study(study_name=record["study_name"], storage=record["optuna_storage"])
+    study = optuna.load_study(study_name=record["study_name"], storage=record["study_url"])
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(completed) < 4:
         return {}
@@ -205,15 +235,14 @@ def write_report(exp_dir: str, top_k: int = 5, skip_final: bool = False, out: st
             raise UserError(f"{exp_dir} cannot be read ({err}): check the URI and the storage credentials.") from None
         if not fetched:
             raise UserError(f"{exp_dir} holds no zsl-hpo experiment files: pass the experiment URI printed by hpo/search.py.")
-        record = read_search(local)
-        if record["optuna_storage"].startswith("sqlite:") and (local / STUDY_FILE).is_file():
-            record["optuna_storage"] = f"sqlite:///{local / STUDY_FILE}"  # the driver's study, as uploaded
+        record = read_search(local)  # its default study is the uploaded optuna.db, now in ``local``
         return _write_report(local, top_k, skip_final, out or f"{name}.report", shown=exp_dir, record=record)
 
 
 def _write_report(exp: Path, top_k: int, skip_final: bool, out: str, shown: str, record: dict | None = None) -> Path:
     """write_report on a local experiment folder ``exp``; ``shown`` names it in messages."""
     record = record or read_search(exp)
+    record = {**record, "study_url": study_url(record, exp)}  # the study beside search.json, wherever it is now
     ctx = SearchContext(**record["context"])
     opts = SearchOptions(**record["options"])
     space, _, _ = specialised_space(opts)
@@ -257,7 +286,7 @@ def write_yaml(path: Path, doc: dict, comment: str) -> None:
 def render(exp: Path, ctx: SearchContext, label: str, trials, top, per_dataset, final: dict, importances: dict) -> str:
     """report.md as text."""
     ds = ctx.datasets
-    counts = {o: sum(t.outcome() == o for t in trials) for o in ("completed", "stopped early", "errored")}
+    counts = {o: n for o in OUTCOMES if (n := sum(t.outcome() == o for t in trials))}
     lines = [f"# Search report: {exp.name} ({label})", "",
              f"Model {ctx.model} (preset {ctx.preset}), datasets {', '.join(ds)} -- {label}, "
              f"objective = {ctx.objective} H over datasets. Trials: {len(trials)} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optuna-storage", help="Optuna RDB URL (default: sqlite optuna.db inside the experiment dir)")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a failed trial from its checkpoint")
     p.add_argument("--verbose", type=int, default=d.verbose, choices=[0, 1, 2, 3])
+    p.add_argument("--state-key", default=d.state_key,
+                   help="the key file that signs Ray's saved state (default %(default)s; made on the first search; "
+                        "--resume needs the same file: see cluster/README.md, 'Trust')")
     return p
 
 
@@ -70,7 +74,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: continue with the same command plus --resume", file=sys.stderr)
         return 130
+    except Exception as err:  # a full disk surfaces inside Ray's errors: say so in one sentence
+        full = disk_full(err)
+        if full is None:
+            raise
+        print(f"error: the disk is full ({full}): nothing finished was lost; free space, then continue with the "
+              "same command plus --resume.", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
+
+
+def disk_full(err: BaseException) -> str | None:
+    """The message of the 'no space left on device' error in ``err``'s cause/context chain, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return str(err)
+        if "No space left on device" in str(err):
+            return "No space left on device"
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -83,6 +83,27 @@ class PruningOptunaSearch(OptunaSearch):
             self.__dict__.setdefault("_retry_values", {}).setdefault(trial_id, {})[step] = float(value)
         steps.add(step)
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Ray's restore of the pickled searcher, then: the study re-opened at ``study_url`` when the driver set
+        it (the experiment folder was moved or copied: the pickle names the study at its old place), and
+        the live trials the study does not hold dropped (they cannot be told; should not happen, as the
+        study reaches remote storage before each signed snapshot)."""
+        url = self.__dict__.get("study_url")
+        super().restore(checkpoint_path)
+        if url:
+            self.study_url = url
+            self._storage = optuna.storages.RDBStorage(url)
+            self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                               sampler=self._ot_study.sampler, pruner=self._ot_study.pruner)
+        known = {t._trial_id for t in self._ot_study.get_trials(deepcopy=False)}
+        live = {}
+        for tid, trial in self._ot_trials.items():
+            if trial._trial_id in known:
+                live[tid] = optuna.Trial(self._ot_study, trial._trial_id) if url else trial
+            else:
+                logger.warning("Ray trial %s has no Optuna trial in the restored study: its results are not told", tid)
+        self._ot_trials = live
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self.optuna_trial(trial_id)
         if ot_trial is None:

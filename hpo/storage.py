@@ -85,8 +85,9 @@ def fetch_tree(remote_dir: str, local_dir: Path, names: tuple[str, ...]) -> int:
 class SidecarSync(tune.Callback):
     """Tune callback that uploads the driver's sidecar files to the remote experiment dir.
 
-    Uploads after each trial completes or errors and when the experiment ends, so an
-    interrupted search loses at most the study updates of the last trial.
+    Uploads whenever a file changed, checked after every step of Ray's loop (before the signed
+    snapshot of hpo.trusted_state is taken in the same step, so the bucket's study is never older
+    than the snapshot a resume starts from), after each trial ends and when the experiment ends.
     local_dir: the driver-local folder; remote_dir: the experiment directory URI.
     """
 
@@ -94,12 +95,23 @@ class SidecarSync(tune.Callback):
         self.local_dir = Path(local_dir)
         self.remote_dir = remote_dir.rstrip("/")
         self.names = names
+        self._uploaded: tuple = ()
+
+    def _stamp(self) -> tuple:
+        paths = [self.local_dir / name for name in self.names]
+        return tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None for p in paths)
 
     def upload(self) -> None:
         """Copy every existing sidecar file to the experiment directory."""
+        stamp = self._stamp()
         for name in self.names:
             if (self.local_dir / name).is_file():
                 copy_file(str(self.local_dir / name), f"{self.remote_dir}/{name}")
+        self._uploaded = stamp
+
+    def on_step_end(self, iteration, trials, **info):
+        if self._stamp() != self._uploaded:
+            self.upload()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.upload()

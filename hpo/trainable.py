@@ -26,15 +26,12 @@ from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from zsl.data import load_dataset
+from zsl.errors import DivergedError, check_finite
 from zsl.models import get_model, make_config
 
 STATE_FILE = "trainers.pt"
 TRIAL_FILE = "trial.json"
 OBJECTIVES = ("mean", "min")
-
-
-class DivergedError(RuntimeError):
-    """A run produced a NaN/inf loss or metric; the trial ends as errored with this reason."""
 
 
 @dataclass
@@ -138,13 +135,6 @@ def capped_epochs(run, max_epochs: int | None) -> int:
     return run.epochs_total if max_epochs is None else min(run.epochs_total, max_epochs)
 
 
-def check_finite(dataset: str, epoch: int, values: dict) -> None:
-    """Raise DivergedError naming the first NaN/inf float in ``values``."""
-    for key, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise DivergedError(f"{dataset} diverged at epoch {epoch}: '{key}' is {value}; the setting is unstable.")
-
-
 def step_dataset(name: str, run) -> dict:
     """Train one epoch and evaluate; returns {f"{name}/S": ..., f"{name}/loss/<k>": ...}."""
     losses = run.train_epoch()
@@ -180,12 +170,23 @@ def load_checkpoint(checkpoint: tune.Checkpoint, runs: dict) -> dict:
             return json.load(fh)
 
 
+def report_divergence(state: dict, epoch: int, epochs_total: int, reason: str) -> None:
+    """The trial's last report after a divergence: objective NaN (Optuna: FAIL; ASHA ignores it), ``diverged`` 1.
+
+    The trial then ends without raising, so Ray does not retry it: the same setting and seed from the same
+    checkpoint would diverge again.
+    """
+    metrics = {k: v for per in state["last"].values() for k, v in per.items()}
+    tune.report({**metrics, "objective": math.nan, "best_objective": state["best_objective"], "epoch": epoch,
+                 "epochs_total": epochs_total, "diverged": 1, "diverged_reason": reason})
+
+
 def trainable(config: dict, context: dict) -> None:
     """Ray Tune function trainable (bind ``context`` with tune.with_parameters).
 
     config: the sampled params (plus the space's fixed constants); context: SearchContext.to_dict().
     Reports every epoch: objective, best_objective, epoch, epochs_total, <dataset>/{S,U,H,ZSL},
-    <dataset>/loss/<name>, epoch_seconds.
+    <dataset>/loss/<name>, epoch_seconds; a run that diverges ends the trial (see report_divergence).
     """
     ctx = SearchContext(**context)
     runs = build_runs(ctx, dict(config))  # each DatasetRun sets the torch thread count of its process
@@ -199,7 +200,11 @@ def trainable(config: dict, context: dict) -> None:
     while epoch < epochs_total:
         start = time.perf_counter()
         due = {name: () for name, (done, cap) in progress.items() if done < cap}  # a shorter run keeps its last scores
-        state["last"].update(call_runs(runs, "step", due))
+        try:
+            state["last"].update(call_runs(runs, "step", due))
+        except DivergedError as err:  # also a parallel run's RayTaskError, which subclasses it
+            report_divergence(state, epoch + 1, epochs_total, str(err).splitlines()[-1])
+            return
         progress = {name: (done + (name in due), cap) for name, (done, cap) in progress.items()}
         epoch += 1
         metrics = {k: v for per in state["last"].values() for k, v in per.items()}

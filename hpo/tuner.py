@@ -15,13 +15,15 @@ from ray import tune
 
 import hpo
 from hpo.storage import fetch_sidecar, is_remote, sync_callbacks
-from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, check_options, experiment_dir, optuna_url,
-                            prepare, sidecar_dir)
+from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, check_options, experiment_dir, prepare,
+                            read_search, sidecar_dir, storage_root, study_url)
+from hpo.folder_guard import MARKER, FolderLock
 from hpo.reconcile import reconcile_snapshot
-from hpo.searcher import METRIC, MODE, make_scheduler, make_search_alg
+from hpo.searcher import METRIC, MODE, PruningOptunaSearch, make_scheduler, make_search_alg
 from hpo.trainable import trainable
+from hpo.trusted_state import SignedSnapshot, load_key, restore_signed_state, sign_tuner
 
-SIDECAR_FILES = (SEARCH_FILE, STUDY_FILE)  # driver-side files copied to a remote experiment dir
+SIDECAR_FILES = (SEARCH_FILE, STUDY_FILE, MARKER)  # driver-side files copied to a remote experiment dir
 
 NO_CAP_MAX_T = 10_000  # ASHA's max_t when --max-epochs is not given: runs end at their own epochs_total
 
@@ -35,6 +37,7 @@ class SearchSummary:
     completed: int
     stopped_early: int
     errored: int
+    diverged: int
     best_objective: float | None
     best_config: dict | None
     wall_seconds: float
@@ -56,38 +59,68 @@ def init_ray(opts: SearchOptions) -> None:
         ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=opts.verbose > 1)
 
 
-def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path) -> tune.Tuner:
-    """A new Tuner, or the restored one when ``opts.resume`` (finished trials are kept, errored ones resumed)."""
+def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path, record: dict) -> tune.Tuner:
+    """A new Tuner, or the restored one when ``opts.resume`` (finished trials are kept, errored ones resumed).
+
+    On resume, :func:`prepare_resume` must have run: Ray then reads only state this project signed. The
+    restored Tuner gets this driver's callbacks and the study at the experiment's current place.
+    """
     fn = tune.with_resources(tune.with_parameters(trainable, context=ctx.to_dict()), trial_resources(opts, ctx))
-    path = experiment_dir(opts)
+    path, url = experiment_dir(opts), study_url(record, sidecar)
+    callbacks = [*sync_callbacks(path, sidecar, SIDECAR_FILES), SignedSnapshot(opts.state_key, record["experiment_id"])]
     if opts.resume:
-        if not tune.Tuner.can_restore(path):
-            raise_user(f"--resume: Ray has no restorable state in {path} (the search never started): rerun with --force.")
-        try:
-            study = optuna.load_study(study_name=opts.experiment_name(), storage=optuna_url(opts, sidecar))
-        except KeyError:  # no study recorded (killed before the searcher was built): nothing to reconcile there
-            study = None
-        change = reconcile_snapshot(path, study)
-        if change and opts.verbose:
-            print(f"resume: searcher state matched to the trials Ray restores: {change.describe()}")
-        return tune.Tuner.restore(path, trainable=fn, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True)
+        internal = tuner._local_tuner  # Ray keeps the first run's callbacks and searcher (tuner.pkl): refresh them
+        internal.get_run_config().callbacks = callbacks
+        optuna_searcher(internal._tune_config.search_alg).study_url = url
+        return tuner
+    key = load_key(opts.state_key, create=True)
     search_alg = make_search_alg(space, searcher=opts.searcher, seed=opts.seed, num_samples=opts.num_samples,
-                                 storage_url=optuna_url(opts, sidecar), study_name=opts.experiment_name(),
+                                 storage_url=url, study_name=record["study_name"],
                                  max_concurrent=opts.max_concurrent)
     scheduler = make_scheduler(opts.scheduler, max_t=opts.max_epochs or NO_CAP_MAX_T,
                                grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
-    storage = opts.storage_path if "://" in opts.storage_path else str(Path(opts.storage_path).expanduser().resolve())
-    return tune.Tuner(
+    tuner = tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=search_alg, scheduler=scheduler,
                                     num_samples=opts.num_samples, time_budget_s=opts.time_budget, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=opts.experiment_name(), storage_path=storage, verbose=opts.verbose,
+            name=opts.experiment_name(), storage_path=storage_root(opts), verbose=opts.verbose,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=sync_callbacks(path, sidecar, SIDECAR_FILES),
+            callbacks=callbacks,
         ),
     )
+    sign_tuner(path, key, record["experiment_id"])
+    return tuner
+
+
+def prepare_resume(opts: SearchOptions, sidecar: Path, record: dict) -> None:
+    """Before Ray starts: put the signed snapshot of Ray's state in place (nothing unsigned is ever
+    unpickled), check the study is there, and reconcile the snapshot with it. UserError when any fails."""
+    path, url = experiment_dir(opts), study_url(record, sidecar)
+    if "experiment_id" not in record:
+        raise_user(f"--resume: {path} was started by an older zsl-hpo that did not sign Ray's state, which is "
+                   "therefore not loaded: report it as it is, or start again with --force.")
+    key = load_key(opts.state_key, create=False)
+    restore_signed_state(path, key, record["experiment_id"])
+    try:
+        if not record.get("optuna_storage") and not (sidecar / STUDY_FILE).is_file():
+            raise KeyError(STUDY_FILE)  # load_study would make an empty database
+        study = optuna.load_study(study_name=record["study_name"], storage=url)
+    except KeyError:
+        raise_user(f"--resume: the Optuna study of {path} is missing ({url}): the searcher's history is lost; "
+                   "put optuna.db back, or start again with --force (trial folders stay readable).")
+    change = reconcile_snapshot(path, study)
+    if change and opts.verbose:
+        print(f"resume: searcher state matched to the trials Ray restores: {change.describe()}")
+
+
+def optuna_searcher(search_alg) -> PruningOptunaSearch:
+    """The PruningOptunaSearch inside Ray's wrappers (SearchGenerator, ConcurrencyLimiter)."""
+    while not isinstance(search_alg, PruningOptunaSearch):
+        search_alg = search_alg.searcher
+    return search_alg
 
 
 def trial_resources(opts: SearchOptions, ctx) -> dict | tune.PlacementGroupFactory:
@@ -106,13 +139,18 @@ def raise_user(message: str):
 
 
 def summarise(results, exp_dir: str, wall: float) -> SearchSummary:
-    """Counts of trials by outcome and the best trial (by best-so-far objective) of a ResultGrid."""
-    completed = stopped = errored = 0
+    """Counts of trials by outcome and the best trial (by best-so-far objective) of a ResultGrid.
+
+    Outcomes follow Ray's final record: a trial recovered from a crash counts by how it ended.
+    """
+    completed = stopped = errored = diverged = 0
     best, best_config = None, None
     for result in results:
         metrics = result.metrics or {}
         if result.error is not None:
             errored += 1
+        elif metrics.get("diverged"):
+            diverged += 1
         elif metrics.get("epoch", 0) < metrics.get("epochs_total", 0):
             stopped += 1
         else:
@@ -120,10 +158,10 @@ def summarise(results, exp_dir: str, wall: float) -> SearchSummary:
         value = metrics.get("best_objective")
         if value is not None and (best is None or value > best):
             best, best_config = value, result.config
-    return SearchSummary(exp_dir, len(results), completed, stopped, errored, best, best_config, wall)
+    return SearchSummary(exp_dir, len(results), completed, stopped, errored, diverged, best, best_config, wall)
 
 
-def print_start(opts: SearchOptions, ctx, sidecar: Path) -> None:
+def print_start(opts: SearchOptions, ctx, sidecar: Path, record: dict) -> None:
     exp = experiment_dir(opts)
     kind = "simulated" if all(d.startswith("sim-") for d in ctx.datasets) else "real"
     print(f"zsl-hpo search '{opts.experiment_name()}': model {ctx.model} (preset {ctx.preset}), datasets "
@@ -132,14 +170,15 @@ def print_start(opts: SearchOptions, ctx, sidecar: Path) -> None:
     print(f"trials:      {ctx.dataset_runs} dataset runs"
           + (f" ({share} each)" if ctx.dataset_runs == "parallel" else "") + f", {opts.max_concurrent} trials at once")
     print(f"results:     {exp}")
-    print(f"optuna:      {optuna_url(opts, sidecar)}")
+    print(f"optuna:      {study_url(record, sidecar)}")
     print(f"tensorboard: tensorboard --logdir {exp}")
     sys.stdout.flush()
 
 
 def print_end(summary: SearchSummary, opts: SearchOptions) -> None:
     print(f"\nsearch finished in {summary.wall_seconds:.0f} s: {summary.trials} trials, {summary.completed} completed, "
-          f"{summary.stopped_early} stopped early by the scheduler, {summary.errored} errored")
+          f"{summary.stopped_early} stopped early by the scheduler, {summary.diverged} diverged (not retried), "
+          f"{summary.errored} errored")
     if summary.best_config is not None:
         print(f"best objective ({opts.objective} H over datasets, validation protocol): {summary.best_objective:.2f}")
         print("best setting: " + json.dumps(summary.best_config, sort_keys=True))
@@ -148,21 +187,31 @@ def print_end(summary: SearchSummary, opts: SearchOptions) -> None:
 
 
 def run_search(opts: SearchOptions) -> SearchSummary:
-    """The whole search; returns its summary (prints progress when opts.verbose)."""
+    """The whole search; returns its summary (prints progress when opts.verbose).
+
+    Holds the experiment's lock from before anything is read or deleted until the search ends.
+    """
     start = time.perf_counter()
-    if opts.resume:
-        check_options(opts)
-        if is_remote(experiment_dir(opts)):  # a new driver has only the bucket
-            fetch_sidecar(experiment_dir(opts), sidecar_dir(opts), SIDECAR_FILES)
-        opts = resumed_options(opts)
-    space, ctx, sidecar = prepare(opts)
-    for sync in sync_callbacks(experiment_dir(opts), sidecar, SIDECAR_FILES):
-        sync.upload()  # search.json reaches the bucket before any trial runs
-    if opts.verbose:
-        print_start(opts, ctx, sidecar)
-    init_ray(opts)
-    tuner = make_tuner(opts, space, ctx, sidecar)
-    results = tuner.fit()
+    check_options(opts)
+    with FolderLock(sidecar_dir(opts), f"experiment {experiment_dir(opts)}"):
+        if opts.resume:
+            if is_remote(experiment_dir(opts)):  # a new driver has only the bucket
+                fetch_sidecar(experiment_dir(opts), sidecar_dir(opts), SIDECAR_FILES)
+            opts = resumed_options(opts)
+        space, ctx, sidecar = prepare(opts)
+        record = read_search(sidecar)
+        syncs = sync_callbacks(experiment_dir(opts), sidecar, SIDECAR_FILES)
+        for sync in syncs:
+            sync.upload()  # search.json and the marker reach the bucket before Ray starts
+        if opts.resume:
+            prepare_resume(opts, sidecar, record)
+        if opts.verbose:
+            print_start(opts, ctx, sidecar, record)
+        init_ray(opts)
+        tuner = make_tuner(opts, space, ctx, sidecar, record)
+        for sync in syncs:
+            sync.upload()  # the study too, before any trial runs
+        results = tuner.fit()
     summary = summarise(results, experiment_dir(opts), time.perf_counter() - start)
     if opts.verbose:
         print_end(summary, opts)
@@ -170,12 +219,15 @@ def run_search(opts: SearchOptions) -> SearchSummary:
 
 
 def resumed_options(opts: SearchOptions) -> SearchOptions:
-    """On --resume the saved options rule (same space, datasets, budget); only verbosity and address are taken anew."""
-    from hpo.experiment import SEARCH_FILE, sidecar_dir
-
-    path = sidecar_dir(opts) / SEARCH_FILE
-    if not path.is_file():
-        raise_user(f"--resume: no experiment at {experiment_dir(opts)}: check --name/--storage-path or start without --resume.")
-    saved = SearchOptions(**json.loads(path.read_text())["options"])
-    saved.resume, saved.force, saved.verbose, saved.address = True, False, opts.verbose, opts.address
-    return saved
+    """On --resume the saved options rule (same space, datasets, budget); where the experiment is now (storage
+    path and name, it may have been moved), the signing key, verbosity and address are taken anew."""
+    saved = read_search(sidecar_dir(opts), flag="--resume")
+    try:
+        options = SearchOptions(**saved["options"])
+    except TypeError:
+        raise_user(f"--resume: {sidecar_dir(opts) / SEARCH_FILE} holds options this zsl-hpo does not know: "
+                   "resume it with the version that started it.")
+    options.storage_path, options.name = opts.storage_path, opts.experiment_name()
+    options.resume, options.force, options.verbose, options.address = True, False, opts.verbose, opts.address
+    options.state_key = opts.state_key
+    return options

@@ -1,7 +1,20 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules, and the environment every Ray started by the tests shares.
+
+Ray 2.60 turns token authentication on by default; a test's local Ray and the CLI children it starts
+must agree, so the suite disables it (and usage reporting) for itself before any Ray starts. Searches
+sign their state with a key under XDG_CONFIG_HOME: the suite points it at a folder of its own, so that
+it never writes into the user's ~/.config.
+"""
+
+import os
+import tempfile
 
 import pytest
 import torch
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="zsl-hpo-tests-config-")
 
 
 @pytest.fixture(scope="module")

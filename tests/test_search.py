@@ -15,9 +15,11 @@ import pytest
 import ray
 from optuna.trial import TrialState
 
-from hpo.experiment import SearchOptions, read_search
+from hpo.experiment import SearchOptions, read_search, study_url
 from hpo.tuner import run_search
 from zsl.models import make_config
+
+from signed_state import resign
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ["sim-AWA2", "sim-CUB"]
@@ -53,7 +55,7 @@ def search(ray_session, tmp_path_factory):
     summary = run_search(opts)
     exp = Path(summary.experiment_dir)
     record = read_search(exp)
-    study = optuna.load_study(study_name=record["study_name"], storage=record["optuna_storage"])
+    study = optuna.load_study(study_name=record["study_name"], storage=study_url(record, exp))
     return summary, exp, study
 
 
@@ -159,7 +161,7 @@ def test_report_leaderboard_best_setting_and_final_evaluation(search):
 
 
 def _cli(args, address):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # the suite's Ray settings (conftest) reach the child too
     return subprocess.Popen([sys.executable, "hpo/search.py", *args, "--address", address], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -207,7 +209,7 @@ def _interrupt_and_resume(tmp_path, address, sig, name):
         if count == EPOCHS:  # finished before the interrupt: still there and finished
             assert name_ in finished
     record = read_search(exp)
-    study = optuna.load_study(study_name=record["study_name"], storage=record["optuna_storage"])
+    study = optuna.load_study(study_name=record["study_name"], storage=study_url(record, exp))
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4  # every observation kept across the interrupt
     return out
@@ -218,24 +220,37 @@ def test_sigint_then_resume(ray_session, tmp_path):
 
 
 def test_resume_after_torn_snapshot(ray_session, tmp_path):
-    """A driver killed while Ray copies its snapshot can leave an older trial list beside a newer searcher
-    state (here: the list lacks the last two trials the searcher counted). The resumed search still
-    reaches --num-samples trials; the trials unknown to the list are sampled anew."""
+    """A driver killed while Ray copies its snapshot can leave a damaged trial list: resume ignores Ray's
+    copy and restores the signed snapshot. A driver killed between Ray's snapshot and the signed one
+    resumes from an older signed snapshot (here: it lacks the last two trials the study holds): the search
+    still reaches --num-samples trials, the trials unknown to it are sampled anew and their Optuna
+    trials (finished before the kill) stay COMPLETE."""
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.replace("[2, 5, 10, 0]", "[2, 5]"))
+    key = str(tmp_path / "state.key")
     opts = SearchOptions(space=str(space), datasets=DATASETS, num_samples=4, max_concurrent=2, name="torn",
-                         storage_path=str(tmp_path), seed=5, scheduler="fifo", max_failures=0, verbose=0)
+                         storage_path=str(tmp_path), seed=5, scheduler="fifo", max_failures=0, verbose=0,
+                         state_key=key)
     assert run_search(opts).completed == 4
     exp = tmp_path / "torn"
     state_file = max(exp.glob("experiment_state-*.json"))
-    state = json.loads(state_file.read_text())
-    dropped = [json.loads(entry[0])["trial_id"] for entry in state["trial_data"][2:]]
-    state["trial_data"] = state["trial_data"][:2]
-    state_file.write_text(json.dumps(state))
+    state_file.write_text(state_file.read_text()[:1000])  # Ray's own copy torn
+    resumed = run_search(dataclasses.replace(opts, resume=True))
+    assert resumed.trials == 4 and resumed.completed == 4
+    record = read_search(exp)
+    study = optuna.load_study(study_name=record["study_name"], storage=study_url(record, exp))
+    assert len(study.trials) == 4  # nothing re-sampled: the signed snapshot knew every trial
+
+    dropped = []
+
+    def older(state):  # the snapshot of a moment before the last two trials were sampled
+        dropped.extend(json.loads(entry[0])["trial_id"] for entry in state["trial_data"][2:])
+        return dict(state, trial_data=state["trial_data"][:2])
+
+    resign(exp, key, older)
     resumed = run_search(dataclasses.replace(opts, resume=True))
     assert resumed.trials == 4 and resumed.completed == 4  # without reconciling: 2 trials, the search "done"
-    record = read_search(exp)
-    study = optuna.load_study(study_name=record["study_name"], storage=record["optuna_storage"])
+    study = optuna.load_study(study_name=record["study_name"], storage=study_url(record, exp))
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 6  # the two dropped trials had finished before; their observations stay
     assert set(dropped) < {t.user_attrs["ray_trial_id"] for t in complete}

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -229,3 +230,37 @@ def test_search_cli_on_s3_and_resume_on_a_fresh_driver(tmp_path):
                                  cwd=driver, env=env, capture_output=True, text=True, timeout=600)
         assert missing.returncode == 2 and "holds no zsl-hpo experiment files" in missing.stderr
         assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_s3_search_killed_before_its_first_trial_ends_resumes_from_the_bucket(tmp_path):
+    """The study and search record reach the bucket before any trial runs, so a driver SIGKILLed while its
+    first trials are still running resumes on a fresh driver from the bucket alone (it used to find no
+    study there and fail with KeyError 'Record does not exist')."""
+    root = Path(storage.__file__).resolve().parents[1]
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    space = tmp_path / "space.yaml"
+    space.write_text("model: eszsl\npreset: small\nparams:\n"
+                     "  gamma: {type: float, low: 1.0e-2, high: 1.0e+2, log: true}\n"
+                     "  solver: {type: fixed, value: gradient}\n  steps_per_epoch: {type: fixed, value: 60}\n"
+                     "  epochs: {type: fixed, value: 10}\npublished: {gamma: 1.0}\n")
+    cmd = [sys.executable, str(root / "hpo" / "search.py"), "--space", str(space), "--datasets", "sim-AWA2",
+           "--num-samples", "2", "--scheduler", "fifo", "--storage-path", "s3://zsl-early/exp", "--name", "early",
+           "--verbose", "0"]
+    with s3_server("zsl-early") as client:
+        env = dict(os.environ, PYTHONPATH=str(root))
+        first = subprocess.Popen(cmd, cwd=driver, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline, keys = time.time() + 240, []
+        while time.time() < deadline and "exp/early/trusted-state.json" not in keys:
+            keys = bucket_keys(client, "zsl-early")
+            time.sleep(0.2)
+        first.kill()
+        first.wait()
+        assert {"exp/early/optuna.db", "exp/early/search.json", "exp/early/trusted-state.json"} <= set(keys)
+        ended = [k for k in keys if k.endswith("result.json")]
+        shutil.rmtree(driver / "early.hpo")  # a fresh driver: only the bucket is left
+        again = subprocess.run(cmd + ["--resume"], cwd=driver, env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        study = optuna.load_study(study_name="early", storage=f"sqlite:///{driver / 'early.hpo' / STUDY}")
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2, (ended, study.trials)

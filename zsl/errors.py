@@ -10,3 +10,19 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+
+
+class DivergedError(RuntimeError):
+    """A run produced a NaN/inf loss or metric: the setting is unstable (not retried: same seed, same result)."""
+
+
+EXIT_DIVERGED = 3
+
+
+def check_finite(where: str, epoch: int, values: dict) -> None:
+    """Raise DivergedError naming the first NaN/inf float in ``values`` (losses or metrics of one epoch)."""
+    import math
+
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DivergedError(f"{where} diverged at epoch {epoch}: '{key}' is {value}; the setting is unstable.")

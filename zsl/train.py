@@ -21,7 +21,8 @@ Output directory (``--out``, default ``runs/<model>_<dataset>_<protocol>_s<seed>
 history, final metrics), ``checkpoint.pt`` (written atomically every ``--checkpoint-every`` epochs
 and at the end), ``tensorboard/`` (scalars, see zsl.runlog).  An existing non-empty --out is
 refused unless ``--resume`` (continue from its checkpoint; the settings must match) or ``--force``
-(delete this tool's files in it and start over).  User errors: one line on stderr, exit 2.
+(delete this tool's files in it and start over).  User errors: one line on stderr, exit 2; a run whose loss or
+metrics become NaN/inf stops with one line naming the epoch and the value, exit 3.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from zsl.errors import EXIT_USER_ERROR, UserError
+from zsl.errors import EXIT_DIVERGED, EXIT_USER_ERROR, DivergedError, UserError, check_finite
 from zsl.models import base_dataset_name, get_model, make_config, validate_config
 
 # torch, tensorboard and the data layer are imported where used, so that flag errors and --help are instant.
@@ -308,6 +309,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
         while model.epoch < total:
             stats = model.train_epoch()
             epoch = model.epoch
+            check_finite(spec.dataset, epoch, stats)
             if stats.get("stage") != stage or bar is None:
                 if bar is not None:
                     bar.close()
@@ -318,6 +320,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
             line = f"epoch {epoch}/{total} [{stage or 'train'}] {format_numbers(stats)}"
             if epoch % eval_every == 0 or epoch == total:
                 metrics = plain(model.evaluate())
+                check_finite(spec.dataset, epoch, metrics)
                 log.evaluation(epoch, metrics)
                 history.append({"epoch": epoch, **metrics})
                 line += " | " + format_numbers({k: metrics[k] for k in metrics if k in METRIC_KEYS})
@@ -387,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zsl.train: interrupted; continue from the last checkpoint with --resume.", file=sys.stderr)
         return 130
+    except DivergedError as err:
+        print(f"zsl.train: {err} The last good checkpoint stays in --out; lower the learning rates or change the "
+              "setting.", file=sys.stderr)
+        return EXIT_DIVERGED
     return 0
 
 
