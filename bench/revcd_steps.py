@@ -14,13 +14,9 @@ import argparse
 import sys
 import time
 
-import torch
-import yaml
-
-from zsl.data import load_dataset
 from zsl.errors import EXIT_USER_ERROR, UserError
-from zsl.models import make_config
-from zsl.models.revcd import RevCD
+from zsl.run import Run, RunSpec, resolve_config
+from zsl.train import parse_sets
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,26 +35,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def overrides(pairs: list[str]) -> dict:
-    """['k=v', ...] -> {k: yaml(v)}; UserError for a pair without '='."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UserError(f"--set {pair!r} must look like KEY=VALUE: fix the flag.")
-        key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    data = load_dataset(args.dataset, data_root=args.data_root, protocol=args.protocol, seed=args.seed)
-    cfg = make_config("revcd", args.preset, args.dataset, overrides(args.set))
-    model = RevCD(cfg, data, args.device, args.seed)
+    cfg = resolve_config("revcd", args.preset, args.dataset, parse_sets(args.set))
+    spec = RunSpec("revcd", args.dataset, args.preset, args.protocol, args.seed, args.seed, "small", args.data_root, cfg)
+    run = Run(spec, args.device, args.threads)  # the run engine that zsl.train and the search use
+    data, model = run.data, run.trainer
     start = time.perf_counter()
-    for _ in range(model.epochs_total):
-        last = model.train_epoch()
+    while run.epoch < run.epochs_total:
+        last = run.train_epoch()
     train_s = time.perf_counter() - start
     print(f"# {data.label}: {len(data.seen_classes)} seen / {len(data.unseen_classes)} unseen classes, "
           f"{data.train_x.shape[0]} train, {data.eval_seen_x.shape[0]}+{data.eval_unseen_x.shape[0]} eval images, "

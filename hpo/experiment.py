@@ -18,10 +18,12 @@ from pathlib import Path
 
 from zsl.errors import UserError
 from hpo.folder_guard import check_name, remove_experiment_folder, write_marker
-from hpo.storage import is_remote
+from hpo.storage import is_remote, local_path
 from hpo.trusted_state import default_key_file
-from hpo.spaces import Space, load_space
+from hpo.spaces import Space, load_space, parse_space, read_space_doc
 from hpo.trainable import OBJECTIVES, SearchContext
+from zsl.models import base_dataset_name
+from zsl.run import CLASS_EMBEDDINGS, DataOptions
 
 SEARCH_FILE = "search.json"
 STUDY_FILE = "optuna.db"
@@ -60,6 +62,10 @@ class SearchOptions:
     optuna_storage: str | None = None
     max_failures: int = 1
     verbose: int = 1
+    data_seed: int = 0  # simulated world and validation holdout (--seed drives the searcher and the models)
+    class_embedding: str = "att"  # "att", or per dataset: "att,CUB:sent" (see class_embeddings)
+    split_percent: int = 100
+    scaler_fit: str = "train_rows"
     state_key: str = field(default_factory=default_key_file)  # the driver's key that signs Ray's state (hpo.trusted_state)
 
     def resolved_datasets(self) -> list[str]:
@@ -89,6 +95,27 @@ def check_options(opts: SearchOptions) -> None:
         if not ok:
             raise UserError(message + ".")
     check_name(opts.experiment_name())
+    class_embeddings(opts)
+    DataOptions(split_percent=opts.split_percent, scaler_fit=opts.scaler_fit)
+
+
+def class_embeddings(opts: SearchOptions) -> dict:
+    """``--class-embedding``: one embedding for every dataset ("att"), or a default plus per-dataset ones
+    ("att,CUB:sent"; a base name such as CUB also names sim-CUB) -> {dataset: embedding}."""
+    datasets, default, per = opts.resolved_datasets(), "att", {}
+    for item in [x.strip() for x in opts.class_embedding.split(",") if x.strip()]:
+        name, sep, kind = item.rpartition(":")
+        if kind not in CLASS_EMBEDDINGS:
+            raise UserError(f"--class-embedding {item!r}: the embedding must be one of {', '.join(CLASS_EMBEDDINGS)}.")
+        if not sep:
+            default = kind
+            continue
+        matches = [d for d in datasets if name in (d, base_dataset_name(d))]
+        if not matches:
+            raise UserError(f"--class-embedding {item!r}: {name} is not one of this search's datasets "
+                            f"({', '.join(datasets)}).")
+        per.update({d: kind for d in matches})
+    return {d: per.get(d, default) for d in datasets}
     if len(set(opts.resolved_datasets())) != len(opts.resolved_datasets()):
         raise UserError("--datasets lists a dataset twice: list each once.")
 
@@ -96,11 +123,7 @@ def check_options(opts: SearchOptions) -> None:
 def storage_root(opts: SearchOptions) -> str:
     """The storage path: a remote URI as given, a local path (or file:// URI) expanded and made absolute."""
     path = opts.storage_path
-    if is_remote(path):
-        return path.rstrip("/")
-    if path.startswith("file://"):
-        path = path[len("file://"):]
-    return str(Path(path).expanduser().resolve())
+    return path.rstrip("/") if is_remote(path) else str(local_path(path))
 
 
 def experiment_dir(opts: SearchOptions) -> str:
@@ -114,9 +137,38 @@ def sidecar_dir(opts: SearchOptions) -> Path:
     return Path(f"{opts.experiment_name()}.hpo").resolve() if is_remote(exp) else Path(exp)
 
 
-def specialised_space(opts: SearchOptions) -> tuple[Space, str | None, dict]:
-    """The space of ``opts`` specialised to its datasets (see Space.specialise)."""
-    return load_space(opts.space).specialise(all(d.startswith("sim-") for d in opts.resolved_datasets()))
+def specialised_space(opts: SearchOptions, record: dict | None = None) -> tuple[Space, str | None, dict]:
+    """The space of ``opts`` specialised to its datasets (see Space.specialise); from an experiment's
+    ``record`` (the space as it was when the search started) when given, else from its file today."""
+    if record is not None and "space" in record:
+        saved = record["space"]
+        space = parse_space(saved["doc"], f"{saved['source']} (as recorded in {SEARCH_FILE})", saved["name"])
+    else:
+        space = load_space(opts.space)
+    return space.specialise(all(d.startswith("sim-") for d in opts.resolved_datasets()))
+
+
+def provenance() -> dict:
+    """Versions of the stack and the project's git revision (None outside a git checkout)."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("zsl-hpo", "torch", "ray", "optuna", "numpy", "scipy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    root = Path(__file__).resolve().parent.parent
+    try:
+        revision = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        revision, dirty = None, False
+    return {"versions": versions, "git_revision": revision, "git_dirty": dirty if revision else None}
 
 
 def dataset_runs_mode(opts: SearchOptions) -> str:
@@ -130,23 +182,31 @@ def dataset_runs_mode(opts: SearchOptions) -> str:
 
 
 def make_context(opts: SearchOptions, preset: str | None, overrides: dict, model: str) -> SearchContext:
+    """The trials' context; each dataset's base config (model defaults <- preset <- the space's overrides) is
+    resolved here, once, and travels with it: presets edited during a search change nothing."""
+    from zsl.models import make_config
+
     datasets, mode = opts.resolved_datasets(), dataset_runs_mode(opts)
     share = len(datasets) if mode == "parallel" else 1
     return SearchContext(
+        base_configs={d: make_config(model, preset, d, overrides) for d in datasets},
         model=model, preset=preset, datasets=datasets, data_root=opts.data_root,
         scale=opts.scale, base_overrides=overrides, objective=opts.objective,
         max_epochs=opts.max_epochs, seed=opts.seed, device="cuda" if opts.gpus_per_trial > 0 else "cpu",
         torch_threads=max(1, int(opts.cpus_per_trial / share)), dataset_runs=mode,
         cpus_per_run=opts.cpus_per_trial / share, gpus_per_run=opts.gpus_per_trial / share,
+        data_seed=opts.data_seed, class_embedding=class_embeddings(opts), split_percent=opts.split_percent,
+        scaler_fit=opts.scaler_fit,
     )
 
 
 def check_datasets(ctx: SearchContext) -> None:
-    """Load each dataset's validation split once in the driver so bad names/paths fail before Ray starts."""
-    from zsl.data import load_dataset
+    """Resolve each dataset's base config and load its validation split once in the driver, so that bad
+    names, paths and options fail before Ray starts."""
+    from zsl.run import load_run_data
 
     for name in ctx.datasets:
-        load_dataset(name, data_root=ctx.data_root, protocol="validation", seed=ctx.seed, scale=ctx.scale)
+        load_run_data(ctx.run_spec({}, name))
 
 
 def prepare(opts: SearchOptions) -> tuple[Space, SearchContext, Path]:
@@ -161,10 +221,12 @@ def prepare(opts: SearchOptions) -> tuple[Space, SearchContext, Path]:
     exists = search_file.exists() or (not is_remote(experiment_dir(opts)) and Path(experiment_dir(opts)).exists())
     if opts.resume:
         saved = read_search(sidecar, flag="--resume")
-        return specialised_space(opts)[0], SearchContext(**saved["context"]), sidecar
+        return specialised_space(opts, saved)[0], SearchContext(**saved["context"]), sidecar
     if exists and not opts.force:
         raise UserError(f"experiment {experiment_dir(opts)} already exists: pass --resume to continue it, --force to overwrite it, or --name to start another.")
-    space, preset, overrides = specialised_space(opts)
+    doc, source, name = read_space_doc(opts.space)
+    space_record = {"name": name, "source": source, "doc": doc}
+    space, preset, overrides = specialised_space(opts, {"space": space_record})
     ctx = make_context(opts, preset, overrides, space.model)
     check_datasets(ctx)
     if exists and opts.force:
@@ -174,8 +236,8 @@ def prepare(opts: SearchOptions) -> tuple[Space, SearchContext, Path]:
     experiment_id = uuid.uuid4().hex
     write_marker(sidecar, experiment_id)
     record = {"format": RECORD_FORMAT, "experiment_id": experiment_id, "options": asdict(opts),
-              "context": ctx.to_dict(), "space_path": space.path, "study_name": opts.experiment_name(),
-              "optuna_storage": opts.optuna_storage}
+              "context": ctx.to_dict(), "space": space_record, "study_name": opts.experiment_name(),
+              "optuna_storage": opts.optuna_storage, **provenance()}
     atomic_write_text(search_file, json.dumps(record, indent=2))
     return space, ctx, sidecar
 

@@ -33,9 +33,11 @@ if __package__ in (None, ""):  # run as a script (see hpo/search.py)
 import yaml  # noqa: E402
 
 from hpo.experiment import SEARCH_FILE, STUDY_FILE, SearchOptions, read_search, specialised_space, study_url  # noqa: E402
-from hpo.storage import fetch_tree, is_remote  # noqa: E402
+from hpo.storage import fetch_tree, is_remote, local_path  # noqa: E402
 from hpo.spaces import published_point  # noqa: E402
-from hpo.trainable import SearchContext, aggregate, capped_epochs  # noqa: E402
+from hpo.ranking import is_finished, rank_key  # noqa: E402
+from zsl.models import base_dataset_name  # noqa: E402
+from hpo.trainable import SearchContext, aggregate  # noqa: E402
 from hpo.trial_status import ray_trial_status  # noqa: E402
 from hpo.trusted_state import SNAPSHOT_FILE  # noqa: E402
 from zsl.errors import EXIT_USER_ERROR, UserError  # noqa: E402
@@ -72,8 +74,7 @@ class TrialRecord:
 
     @property
     def finished(self) -> bool:
-        return (bool(self.rows) and not self.errored and not self.diverged and self.status in (None, "TERMINATED")
-                and self.last["epoch"] >= self.last["epochs_total"])
+        return not self.errored and self.status in (None, "TERMINATED") and is_finished(self.last)
 
     def outcome(self) -> str:
         if self.errored:
@@ -106,37 +107,38 @@ def read_trials(exp: Path) -> list[TrialRecord]:
 
 
 def leaderboard(trials: list[TrialRecord], datasets: list[str], k: int) -> list[TrialRecord]:
-    """Top-k: completed trials by final objective first, then early-stopped ones (their runs are shorter)."""
-    scored = [t for t in trials if t.rows and math.isfinite(t.last.get("objective", math.nan))]
-    return sorted(scored, key=lambda t: (not t.finished, -t.last["objective"]))[:k]
+    """Top-k trials with a finite objective, best first (hpo.ranking: full runs first, then last objective)."""
+    scored = [t for t in trials if rank_key(t.last, t.finished)[1]]
+    return sorted(scored, key=lambda t: rank_key(t.last, t.finished), reverse=True)[:k]
 
 
 def best_per_dataset(trials: list[TrialRecord], datasets: list[str]) -> dict:
-    """{dataset: trial} with the highest final H on that dataset among completed trials."""
-    done = [t for t in trials if t.finished] or [t for t in trials if t.rows]
-    return {d: max(done, key=lambda t: t.last.get(f"{d}/H", -1.0)) for d in datasets} if done else {}
+    """{dataset: trial} best on that dataset's H at the last epoch (hpo.ranking, with the dataset's H)."""
+    scored = [t for t in trials if t.rows]
+    return {d: max(scored, key=lambda t: rank_key(t.last, t.finished, f"{d}/H")) for d in datasets} if scored else {}
 
 
 def setting_doc(ctx: SearchContext, params: dict) -> dict:
-    """A --config file for zsl.train: {model, preset, config} (base overrides + the setting)."""
-    return {"model": ctx.model, "preset": ctx.preset, "config": {**ctx.base_overrides, **params}}
+    """A --config file for zsl.train that replays the setting exactly as the search ran it: ``config`` is the
+    setting; ``per_dataset`` each dataset's recorded base config (without the setting's keys); ``data``
+    the search's data options (when its datasets share one class embedding)."""
+    doc = {"model": ctx.model, "preset": ctx.preset, "config": dict(params)}
+    if ctx.base_configs:
+        doc["per_dataset"] = {base_dataset_name(d): {k: v for k, v in c.items() if k not in params}
+                              for d, c in ctx.base_configs.items()}
+    embeddings = set(ctx.class_embedding.values()) or {"att"}
+    if len(embeddings) == 1:
+        doc["data"] = {"class_embedding": embeddings.pop(), "split_percent": ctx.split_percent,
+                       "scaler_fit": ctx.scaler_fit}
+    return doc
 
 
 def final_evaluate(ctx: SearchContext, params: dict, dataset: str) -> dict:
     """Retrain ``params`` on full trainval (protocol final) and evaluate once on the test split."""
-    import torch
+    from zsl.run import Run
 
-    from zsl.data import load_dataset
-    from zsl.models import get_model, make_config
-
-    torch.set_num_threads(max(1, ctx.torch_threads))
-    data = load_dataset(dataset, data_root=ctx.data_root, protocol="final", seed=ctx.seed, scale=ctx.scale)
-    config = make_config(ctx.model, ctx.preset, dataset, {**ctx.base_overrides, **params})
-    run = get_model(ctx.model)(config, data, "cpu", ctx.seed)
     start = time.perf_counter()
-    for _ in range(capped_epochs(run, ctx.max_epochs)):
-        run.train_epoch()
-    scores = run.evaluate()
+    scores = Run(ctx.run_spec(params, dataset, protocol="final"), "cpu", ctx.torch_threads).run_to_end()
     return {k: float(scores[k]) for k in ("S", "U", "H", "ZSL")} | {"seconds": time.perf_counter() - start}
 
 
@@ -224,7 +226,7 @@ def write_report(exp_dir: str, top_k: int = 5, skip_final: bool = False, out: st
     first; its report goes to ``out`` (default ``./<experiment name>.report``).
     """
     if not is_remote(exp_dir):
-        exp = Path(exp_dir).expanduser()
+        exp = local_path(exp_dir)
         return _write_report(exp, top_k, skip_final, out or str(exp / "report"), shown=str(exp))
     name = exp_dir.rstrip("/").rsplit("/", 1)[-1]
     with tempfile.TemporaryDirectory(prefix="zsl-hpo-report-") as tmp:
@@ -245,7 +247,7 @@ def _write_report(exp: Path, top_k: int, skip_final: bool, out: str, shown: str,
     record = {**record, "study_url": study_url(record, exp)}  # the study beside search.json, wherever it is now
     ctx = SearchContext(**record["context"])
     opts = SearchOptions(**record["options"])
-    space, _, _ = specialised_space(opts)
+    space, _, _ = specialised_space(opts, record)
     kind = "simulated" if all(d.startswith("sim-") for d in ctx.datasets) else "real"
     label = f"{kind} data"
     trials = read_trials(exp)
@@ -259,10 +261,12 @@ def _write_report(exp: Path, top_k: int, skip_final: bool, out: str, shown: str,
     best, per_dataset = top[0], best_per_dataset(trials, ctx.datasets)
     constants = {p.name: p.value for p in space.params if p.kind == "fixed"}
     settings = {"best shared": best.config, "published": {**constants, **published_point(space)}}
-    write_yaml(folder / "best_setting.yaml", setting_doc(ctx, best.config),
+    replay = f"--seed {ctx.seed} --data-seed {ctx.data_seed}" + (
+        f" (trials were capped at {ctx.max_epochs} epochs: add --epochs to match)" if ctx.max_epochs else "")
+    write_yaml(folder / "best_setting.yaml", setting_doc(ctx, best.config), replay,
                f"best shared setting of {exp.name} ({ctx.objective} H over datasets, validation protocol, {label})")
     for d, trial in per_dataset.items():
-        write_yaml(folder / f"best_{d}.yaml", {**setting_doc(ctx, trial.config), "dataset": d},
+        write_yaml(folder / f"best_{d}.yaml", {**setting_doc(ctx, trial.config), "dataset": d}, replay,
                    f"best trial of {exp.name} on {d} H (validation protocol, {label})")
         settings[f"best on {d}"] = trial.config
     plot_best_so_far(trials, folder / "best_so_far.png", label)
@@ -277,9 +281,9 @@ def _write_report(exp: Path, top_k: int, skip_final: bool, out: str, shown: str,
     return folder
 
 
-def write_yaml(path: Path, doc: dict, comment: str) -> None:
-    """``doc`` as YAML under a one-line ``# comment`` (usable as python -m zsl.train --config)."""
-    path.write_text(f"# {comment}\n# replay: python -m zsl.train --config {path.name} --dataset <name>\n"
+def write_yaml(path: Path, doc: dict, replay: str, comment: str) -> None:
+    """``doc`` as YAML under a one-line ``# comment`` and the replay command (python -m zsl.train --config)."""
+    path.write_text(f"# {comment}\n# replay: python -m zsl.train --config {path.name} --dataset <name> {replay}\n"
                     + yaml.safe_dump(doc, sort_keys=False))
 
 

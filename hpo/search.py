@@ -45,7 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     p.add_argument("--force", action="store_true", help="delete an existing experiment of this name and start over")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the searcher and of every run's model")
+    p.add_argument("--data-seed", type=int, default=d.data_seed,
+                   help="seed of the simulated data and of the validation holdout (default 0, as zsl.train)")
+    p.add_argument("--class-embedding", default=d.class_embedding,
+                   help="att | original_att | sent, for every dataset or per dataset: 'att,CUB:sent'")
+    p.add_argument("--split-percent", type=int, choices=[100, 30, 10], default=d.split_percent,
+                   help="share of trainval images to train on")
+    p.add_argument("--scaler-fit", choices=["train_rows", "full_trainval"], default=d.scaler_fit,
+                   help="feature scaler fitted on the training rows used, or on all trainval rows (reference)")
     p.add_argument("--time-budget", type=float, help="stop starting/continuing trials after this many seconds")
     p.add_argument("--objective", choices=["mean", "min"], default=d.objective, help="aggregate of H over datasets")
     p.add_argument("--max-epochs", type=int, help="cap on each run's epochs (both stages together)")

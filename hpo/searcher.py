@@ -72,7 +72,7 @@ class PruningOptunaSearch(OptunaSearch):
         steps = self.__dict__.setdefault("_reported_steps", {}).setdefault(trial_id, set())
         step = result.get("training_iteration")
         value = result.get(METRIC)
-        if step in steps or not _finite(value):
+        if step is None or step in steps or not _finite(value):
             return
         ot_trial = self.optuna_trial(trial_id)
         if ot_trial is None:
@@ -109,9 +109,10 @@ class PruningOptunaSearch(OptunaSearch):
         if ot_trial is None:
             return
         state = final_state(result, error)
-        if state == TrialState.PRUNED:
-            # Ray calls on_trial_complete, not on_trial_result, with the result that made the scheduler
-            # stop the trial: record it; Optuna then takes the last intermediate value as the trial's value.
+        if state in (TrialState.PRUNED, TrialState.COMPLETE):
+            # Ray may call on_trial_complete, not on_trial_result, with a trial's last result (the one that made
+            # the scheduler stop it, or the last one of a trial that returned in the same controller step):
+            # record it (once per step); a PRUNED trial's value is its last intermediate value.
             self.on_trial_result(trial_id, result)
         told = self._ot_study._storage.get_trial(ot_trial._trial_id)
         retried = self.__dict__.setdefault("_retried", set())

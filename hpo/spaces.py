@@ -109,14 +109,19 @@ def resolve_space_path(space: str) -> Path:
     return path
 
 
-def load_space(space: str) -> Space:
-    """Read and validate a space (name under search_spaces/ or a YAML path)."""
+def read_space_doc(space: str) -> tuple[Any, str, str]:
+    """(parsed YAML document, file path, space name) of a space (name under search_spaces/ or a YAML path)."""
     path = resolve_space_path(space)
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"search space file {path} is not valid YAML ({str(err).splitlines()[0]}): fix its syntax.") from None
-    return parse_space(doc, str(path), path.stem)
+    return doc, str(path), path.stem
+
+
+def load_space(space: str) -> Space:
+    """Read and validate a space (name under search_spaces/ or a YAML path)."""
+    return parse_space(*read_space_doc(space))
 
 
 def parse_space(doc: Any, where: str, name: str) -> Space:

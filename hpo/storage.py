@@ -28,6 +28,13 @@ def is_remote(storage_path: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", storage_path)) and not storage_path.startswith("file://")
 
 
+def local_path(path: str) -> Path:
+    """A local folder given as a path or a ``file://`` URI, expanded and absolute."""
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return Path(path).expanduser().resolve()
+
+
 def filesystem(folder: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """The pyarrow file system and path of a local folder or a URI."""
     if is_remote(folder):

@@ -4,7 +4,7 @@ Each epoch every dataset's :class:`zsl.trainer.Trainer` trains one epoch and is 
 the ``validation`` protocol (never test images); the trial reports the cross-dataset objective
 (mean or min of H), its best value so far, each dataset's S/U/H/ZSL and losses, and a checkpoint
 holding every trainer's ``state_dict`` so that ASHA pauses, failures and resumes continue where
-they stopped.  hpo/ sees models only through zsl.data.load_dataset, zsl.models and the Trainer protocol.
+they stopped.  hpo/ sees models only through the run engine (zsl.run: RunSpec, Run) and the Trainer protocol.
 
 The datasets of a trial run one after another in the trial's process (``dataset_runs="sequential"``)
 or side by side, each in a Ray actor on its own bundle of the trial's placement group (``"parallel"``:
@@ -25,9 +25,8 @@ import torch
 from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from zsl.data import load_dataset
-from zsl.errors import DivergedError, check_finite
-from zsl.models import get_model, make_config
+from zsl.errors import DivergedError
+from zsl.run import DataOptions, Run, RunSpec, resolve_config
 
 STATE_FILE = "trainers.pt"
 TRIAL_FILE = "trial.json"
@@ -39,7 +38,10 @@ class SearchContext:
     """Everything a trial needs besides its sampled params (same for every trial of a search).
 
     datasets: names for zsl.data.load_dataset; preset/base_overrides: the space's base config;
-    max_epochs: cap on each run's epochs_total (None = no cap); objective: "mean" | "min" of H.
+    max_epochs: cap on each run's epochs in all (None = no cap; the model shortens its stages in
+    proportion, see zsl.run.resolve_config); objective: "mean" | "min" of H. seed: the models' seed;
+    data_seed: the simulated world's and validation holdout's seed. class_embedding: per dataset
+    (missing: att); split_percent, scaler_fit: for every dataset (zsl.run.DataOptions).
     """
 
     model: str
@@ -57,9 +59,27 @@ class SearchContext:
     dataset_runs: str = "sequential"  # or "parallel": one Ray actor per dataset (see module docstring)
     cpus_per_run: float = 1.0  # each parallel run's share of the trial's resources
     gpus_per_run: float = 0.0
+    data_seed: int = 0
+    class_embedding: dict = field(default_factory=dict)
+    split_percent: int = 100
+    scaler_fit: str = "train_rows"
+    base_configs: dict = field(default_factory=dict)  # {dataset: resolved base config}, fixed at search start
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def run_spec(self, params: dict, dataset: str, protocol: str | None = None) -> RunSpec:
+        """The RunSpec of setting ``params`` on ``dataset`` (under ``protocol``, default the search's), over the
+        dataset's recorded base config (``base_configs``; without one, the preset file as it is today)."""
+        if dataset in self.base_configs:
+            config = resolve_config(self.model, None, dataset, {**self.base_configs[dataset], **params},
+                                    max_epochs=self.max_epochs)
+        else:
+            config = resolve_config(self.model, self.preset, dataset, {**self.base_overrides, **params},
+                                    max_epochs=self.max_epochs)
+        data = DataOptions(self.class_embedding.get(dataset, "att"), self.split_percent, self.scaler_fit)
+        return RunSpec(self.model, dataset, self.preset, protocol or self.protocol, self.seed, self.data_seed,
+                       self.scale, self.data_root, config, data)
 
 
 def aggregate(values: list[float], how: str) -> float:
@@ -75,15 +95,11 @@ class DatasetRun:
 
     def __init__(self, context: dict, params: dict, name: str):
         ctx = SearchContext(**context)
-        torch.set_num_threads(max(1, ctx.torch_threads))
-        data = load_dataset(name, data_root=ctx.data_root, protocol=ctx.protocol, seed=ctx.seed, scale=ctx.scale)
-        config = make_config(ctx.model, ctx.preset, name, {**ctx.base_overrides, **params})
-        self.name, self.run = name, get_model(ctx.model)(config, data, ctx.device, ctx.seed)
-        self.cap = capped_epochs(self.run, ctx.max_epochs)
+        self.name, self.run = name, Run(ctx.run_spec(params, name), ctx.device, ctx.torch_threads)
 
     def progress(self) -> tuple[int, int]:
         """(epochs done, epochs this run will do)."""
-        return self.run.epoch, self.cap
+        return self.run.epoch, self.run.epochs_total
 
     def step(self) -> dict:
         return step_dataset(self.name, self.run)
@@ -131,16 +147,10 @@ def call_runs(runs: dict, method: str, args: dict | None = None) -> dict:
     return dict(zip(refs, ray.get(list(refs.values()))))
 
 
-def capped_epochs(run, max_epochs: int | None) -> int:
-    return run.epochs_total if max_epochs is None else min(run.epochs_total, max_epochs)
-
-
-def step_dataset(name: str, run) -> dict:
+def step_dataset(name: str, run: Run) -> dict:
     """Train one epoch and evaluate; returns {f"{name}/S": ..., f"{name}/loss/<k>": ...}."""
     losses = run.train_epoch()
-    check_finite(name, run.epoch, losses)
     scores = run.evaluate()
-    check_finite(name, run.epoch, scores)
     out = {f"{name}/{k}": float(scores[k]) for k in ("S", "U", "H", "ZSL")}
     out.update({f"{name}/{k}": float(v) for k, v in scores.items() if _number(v)})  # e.g. other views' H_VC
     out.update({f"{name}/loss/{k}": float(v) for k, v in losses.items() if _number(v)})
@@ -189,7 +199,7 @@ def trainable(config: dict, context: dict) -> None:
     <dataset>/loss/<name>, epoch_seconds; a run that diverges ends the trial (see report_divergence).
     """
     ctx = SearchContext(**context)
-    runs = build_runs(ctx, dict(config))  # each DatasetRun sets the torch thread count of its process
+    runs = build_runs(ctx, dict(config))  # each Run sets the torch thread count of its process
     state = {"best_objective": -math.inf, "last": {}}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

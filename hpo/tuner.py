@@ -18,6 +18,7 @@ from hpo.storage import fetch_sidecar, is_remote, sync_callbacks
 from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, check_options, experiment_dir, prepare,
                             read_search, sidecar_dir, storage_root, study_url)
 from hpo.folder_guard import MARKER, FolderLock
+from hpo.ranking import is_finished, rank_key
 from hpo.reconcile import reconcile_snapshot
 from hpo.searcher import METRIC, MODE, PruningOptunaSearch, make_scheduler, make_search_alg
 from hpo.trainable import trainable
@@ -139,12 +140,12 @@ def raise_user(message: str):
 
 
 def summarise(results, exp_dir: str, wall: float) -> SearchSummary:
-    """Counts of trials by outcome and the best trial (by best-so-far objective) of a ResultGrid.
+    """Counts of trials by outcome and the best trial (hpo.ranking) of a ResultGrid.
 
     Outcomes follow Ray's final record: a trial recovered from a crash counts by how it ended.
     """
     completed = stopped = errored = diverged = 0
-    best, best_config = None, None
+    best_key, best, best_config = None, None, None
     for result in results:
         metrics = result.metrics or {}
         if result.error is not None:
@@ -155,9 +156,9 @@ def summarise(results, exp_dir: str, wall: float) -> SearchSummary:
             stopped += 1
         else:
             completed += 1
-        value = metrics.get("best_objective")
-        if value is not None and (best is None or value > best):
-            best, best_config = value, result.config
+        key = rank_key(metrics, result.error is None and is_finished(metrics))
+        if key[1] and (best_key is None or key > best_key):
+            best_key, best, best_config = key, metrics["objective"], result.config
     return SearchSummary(exp_dir, len(results), completed, stopped, errored, diverged, best, best_config, wall)
 
 
@@ -180,7 +181,8 @@ def print_end(summary: SearchSummary, opts: SearchOptions) -> None:
           f"{summary.stopped_early} stopped early by the scheduler, {summary.diverged} diverged (not retried), "
           f"{summary.errored} errored")
     if summary.best_config is not None:
-        print(f"best objective ({opts.objective} H over datasets, validation protocol): {summary.best_objective:.2f}")
+        print(f"best trial ({opts.objective} H over datasets at its last epoch, validation protocol; "
+              f"full runs rank first): {summary.best_objective:.2f}")
         print("best setting: " + json.dumps(summary.best_config, sort_keys=True))
     print(f"tensorboard: tensorboard --logdir {summary.experiment_dir}")
     print(f"report:      python hpo/report.py {summary.experiment_dir}")

@@ -24,3 +24,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A real local Ray for one test module (2 CPUs, no dashboard); workers import this checkout. Yields its address."""
+    import ray
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    info = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                    runtime_env={"env_vars": {"PYTHONPATH": root}})
+    yield info.address_info["gcs_address"]
+    ray.shutdown()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 from optuna.trial import TrialState
 from ray import cloudpickle
 
@@ -29,20 +28,11 @@ from hpo.trusted_state import SNAPSHOT_FILE, TUNER_FILE
 from hpo.tuner import run_search
 from zsl.errors import UserError
 
+from search_fixtures import eszsl_space
 from signed_state import resign
 
 ROOT = Path(__file__).resolve().parent.parent
-SPACE = """
-model: eszsl
-preset: small
-params:
-  gamma: {type: float, low: 1.0e-2, high: 1.0e+2, log: true}
-  lam: {type: float, low: 1.0e-2, high: 1.0e+2, log: true}
-  solver: {type: fixed, value: gradient}
-  steps_per_epoch: {type: fixed, value: 5}
-  epochs: {type: fixed, value: 3}
-published: {gamma: 1.0, lam: 0.1}
-"""
+SPACE = eszsl_space()
 
 
 class Canary:
@@ -128,14 +118,6 @@ def test_a_live_search_holds_its_experiment_and_a_killed_one_releases_it(tmp_pat
 
 
 # ---------------------------------------------------------------- resume trusts only signed state (real Ray)
-
-@pytest.fixture(scope="module")
-def ray_session():
-    env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=env, log_to_driver=False)
-    yield
-    ray.shutdown()
-
 
 def _opts(tmp: Path, name: str, **kw) -> SearchOptions:
     space = tmp / "space.yaml"
@@ -313,7 +295,7 @@ def test_a_trial_recovered_after_a_worker_kill_is_reported_as_it_ended(ray_sessi
     from hpo.report import read_trials, write_report
 
     opts = _opts(tmp_path, "kill", num_samples=2, max_failures=1,
-                 space_text=SPACE.replace("value: 3}", "value: 8}").replace("value: 5}", "value: 40}"))
+                 space_text=eszsl_space(epochs=8, steps=40))
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(summary=run_search(opts)))
     thread.start()
@@ -345,8 +327,7 @@ def test_a_diverged_trial_is_not_retried(ray_session, tmp_path):
     although --max-failures would have retried an error; the other trial completes."""
     from hpo.report import read_trials
 
-    space = SPACE.replace("gamma: {type: float, low: 1.0e-2, high: 1.0e+2, log: true}",
-                          "gamma: {type: categorical, choices: [.inf, 1.0]}").replace("gamma: 1.0,", "gamma: .inf,")
+    space = eszsl_space(gamma="{type: categorical, choices: [.inf, 1.0]}", published="{gamma: .inf, lam: 0.1}")
     opts = _opts(tmp_path, "div", num_samples=2, max_concurrent=1, max_failures=2, space_text=space)
     summary = run_search(opts)
     assert summary.diverged >= 1 and summary.errored == 0

@@ -108,6 +108,6 @@ def test_errored_trial_that_ends_well_after_resume_is_recorded_as_a_retry():
     failed, retry = study.trials
     assert failed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE and retry.value == 6.0
     assert retry.params == failed.params == params and retry.user_attrs == {RAY_TRIAL_ATTR: "ray-1", "retry_of": 0}
-    assert retry.intermediate_values == {1: 2.0, 2: 5.0}
+    assert retry.intermediate_values == {1: 2.0, 2: 5.0, 3: 6.0}  # every epoch, the last one too
     search.on_trial_complete("ray-1", {"objective": 6.0, "epoch": 3, "epochs_total": 3})  # told twice: no new record
     assert len(study.trials) == 2

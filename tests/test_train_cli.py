@@ -169,13 +169,19 @@ def test_config_file_precedence_and_yaml_values(tmp_path):
     assert train.parse_sets(["a=1e-3", "b=true", "c=[1, 2]", "d=V"]) == {"a": 1e-3, "b": True, "c": [1, 2], "d": "V"}
 
 
-def test_epochs_rule_prefers_the_models_with_epochs(monkeypatch):
-    class TwoStage(ESZSL):
-        @classmethod
-        def with_epochs(cls, config, n):
-            return {**config, "epochs": 2 * n}
+@pytest.mark.parametrize("model, preset, keys", [("eszsl", None, ("epochs",)), ("revcd", None, ("epochs",)),
+                                                ("d2sc", "paper", ("drg_epochs", "dfg_epochs"))])
+def test_epoch_budget_is_the_models_rule_exact_or_capped(model, preset, keys):
+    """--epochs sets the run's epochs in all, --max-epochs caps them; a two-stage model shortens both stages
+    in proportion (300 + 300 capped at 10 -> 5 + 5, not 10 DRG epochs and no DFG)."""
+    from zsl.models import get_model
+    from zsl.run import resolve_config
 
-    config = make_config("eszsl", None, "sim-CUB")
-    assert train.with_epochs("eszsl", config, 3)["epochs"] == 3  # no rule: the 'epochs' field
-    monkeypatch.setattr(train, "get_model", lambda name: TwoStage)
-    assert train.with_epochs("eszsl", config, 3)["epochs"] == 6  # the class's rule decides
+    cls = get_model(model)
+    full = resolve_config(model, preset, "sim-CUB")
+    assert cls.epochs_in(resolve_config(model, preset, "sim-CUB", epochs=7)) == 7
+    capped = resolve_config(model, preset, "sim-CUB", max_epochs=10)
+    assert cls.epochs_in(capped) == min(10, cls.epochs_in(full))
+    assert resolve_config(model, preset, "sim-CUB", max_epochs=10_000) == full  # a cap above the budget: unchanged
+    if len(keys) == 2:
+        assert [capped[k] for k in keys] == [5, 5]

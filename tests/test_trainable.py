@@ -7,8 +7,8 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.searcher import final_state
-from hpo.trainable import (DivergedError, SearchContext, aggregate, build_runs, call_runs, check_finite,
-                           load_checkpoint, save_checkpoint)
+from hpo.trainable import SearchContext, aggregate, build_runs, call_runs, load_checkpoint, save_checkpoint
+from zsl.errors import DivergedError, check_finite
 
 CTX = SearchContext(model="eszsl", preset="small", datasets=["sim-AWA2", "sim-CUB"])
 

@@ -10,11 +10,17 @@ run and the search report's best setting are written in, so either can be replay
     preset: paper          # used when --preset is not given
     dataset: AWA2          # used when --dataset is not given
     config: {lr: 1.0e-4}   # hyperparameters, over the preset
+    data: {class_embedding: sent}   # data options (see below)
     per_dataset:           # optional, per base dataset name (sim-AWA2 uses AWA2), over config
       AWA2: {syn_num: 8000}
 
-``--epochs N``: if the model class defines a classmethod ``with_epochs(config, n) -> config``, it
-decides (e.g. how a two-stage model splits them); otherwise the hyperparameter ``epochs`` is set.
+``--epochs N``: the run trains N epochs in all; the model decides how its stages share them
+(``with_epochs`` of the Trainer protocol: D2SC splits them in the proportion of its stages).
+
+Data options (flags, or the ``data:`` mapping of a --config file; flags win): ``class_embedding``
+(att | original_att | sent), ``split_percent`` (100 | 30 | 10), ``scaler_fit`` (train_rows |
+full_trainval); ``--data-seed`` draws the simulated world and the validation holdout, ``--seed`` the model.
+The run itself goes through zsl.run (the engine the search and the report use too).
 
 Output directory (``--out``, default ``runs/<model>_<dataset>_<protocol>_s<seed>``):
 ``config.yaml`` (resolved, in the --config format), ``results.json`` (run settings, per-evaluation
@@ -35,21 +41,21 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
-from zsl.errors import EXIT_DIVERGED, EXIT_USER_ERROR, DivergedError, UserError, check_finite
-from zsl.models import base_dataset_name, get_model, make_config, validate_config
+from zsl.errors import EXIT_DIVERGED, EXIT_USER_ERROR, DivergedError, UserError
+from zsl.models import base_dataset_name
+from zsl.run import DataOptions, Run, RunSpec, resolve_config
 
 # torch, tensorboard and the data layer are imported where used, so that flag errors and --help are instant.
 if TYPE_CHECKING:
     import torch
 
 PROTOCOLS = ("validation", "final", "reference")
-CONFIG_FILE_KEYS = ("model", "preset", "dataset", "config", "per_dataset")
+CONFIG_FILE_KEYS = ("model", "preset", "dataset", "config", "per_dataset", "data")
 RUN_FILES = ("checkpoint.pt", "config.yaml", "results.json")
 TB_DIR = "tensorboard"
 CHECKPOINT_FORMAT = 1
@@ -106,42 +112,13 @@ def read_config_file(path: str) -> dict:
     unknown = sorted(set(doc) - set(CONFIG_FILE_KEYS))
     if unknown:
         raise UserError(f"--config {path}: unknown key '{unknown[0]}'; allowed keys are {', '.join(CONFIG_FILE_KEYS)}.")
-    for key in ("config", "per_dataset"):
+    for key in ("config", "per_dataset", "data"):
         if not isinstance(doc.get(key) or {}, dict):
             raise UserError(f"--config {path}: '{key}' must be a mapping.")
     for name, entry in (doc.get("per_dataset") or {}).items():
         if not isinstance(entry or {}, dict):
             raise UserError(f"--config {path}: per_dataset '{name}' must be a mapping.")
     return doc
-
-
-def with_epochs(model: str, config: dict, n: int) -> dict:
-    """``config`` with the model's epoch count(s) set from ``--epochs n`` (rule: module docstring)."""
-    if n < 1:
-        raise UserError(f"--epochs must be >= 1, got {n}.")
-    cls = get_model(model)
-    if hasattr(cls, "with_epochs"):
-        new = cls.with_epochs(dict(config), n)
-    elif "epochs" in config:
-        new = {**config, "epochs": n}
-    else:
-        raise UserError(f"--epochs: model '{model}' has no 'epochs' hyperparameter; set its epoch counts with --set.")
-    return validate_config(cls.Config, new, where=f"model '{model}'")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything that defines a run's result (what --resume must find unchanged)."""
-
-    model: str
-    dataset: str
-    preset: str | None
-    protocol: str
-    seed: int
-    data_seed: int
-    scale: str
-    data_root: str | None
-    config: dict
 
 
 def resolve_spec(args: argparse.Namespace) -> RunSpec:
@@ -156,11 +133,17 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
     overrides = dict(doc.get("config") or {})
     overrides.update((doc.get("per_dataset") or {}).get(base_dataset_name(dataset)) or {})
     overrides.update(parse_sets(args.set))
-    config = make_config(model, preset, dataset, overrides)
-    if args.epochs is not None:
-        config = with_epochs(model, config, args.epochs)
+    config = resolve_config(model, preset, dataset, overrides, epochs=args.epochs)
     data_root = str(Path(args.data_root).expanduser()) if args.data_root else None
-    return RunSpec(model, dataset, preset, args.protocol, args.seed, args.data_seed, args.scale, data_root, config)
+    data = dict(doc.get("data") or {})
+    unknown = sorted(set(data) - set(DataOptions.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"--config {args.config}: unknown data option '{unknown[0]}'; allowed are "
+                        f"{', '.join(DataOptions.__dataclass_fields__)}.")
+    data.update({k: v for k, v in (("class_embedding", args.class_embedding), ("split_percent", args.split_percent),
+                                   ("scaler_fit", args.scaler_fit)) if v is not None})
+    return RunSpec(model, dataset, preset, args.protocol, args.seed, args.data_seed, args.scale, data_root, config,
+                   DataOptions(**data))
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -213,7 +196,7 @@ def atomic_write(path: Path, write) -> None:
 def save_checkpoint(out: Path, spec: RunSpec, model, history: list[dict]) -> None:
     import torch
 
-    state = {"format": CHECKPOINT_FORMAT, "spec": asdict(spec), "epoch": model.epoch,
+    state = {"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "epoch": model.epoch,
              "model": model.state_dict(), "history": history}
     atomic_write(out / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
 
@@ -231,7 +214,7 @@ def load_checkpoint(out: Path) -> dict:
 
 def check_resume_spec(saved: dict, spec: RunSpec, out: Path) -> None:
     """UserError naming the first setting that differs from the checkpoint's."""
-    current = asdict(spec)
+    current = spec.to_dict()
     for key, value in current.items():
         if saved.get(key) != value:
             if key == "config":
@@ -278,10 +261,8 @@ def final_table(spec: RunSpec, data, metrics: dict, epochs: int) -> str:
 def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, checkpoint_every: int,
               resume: bool) -> dict:
     """Load data, build the model, train all epochs with evaluations, write out/; returns final metrics."""
-    import torch
     from tqdm import tqdm
 
-    from zsl.data import load_dataset
     from zsl.runlog import RunLog
 
     started = time.perf_counter()
@@ -289,11 +270,10 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
     if resume:  # checked before the (possibly slow) data loading
         state = load_checkpoint(out)
         check_resume_spec(state.get("spec", {}), spec, out)
-    data = load_dataset(spec.dataset, spec.data_root, spec.protocol, seed=spec.data_seed, scale=spec.scale)
+    run = Run(spec, device)
+    data, model = run.data, run.trainer
     print(f"data: {data.label}: {len(data.train_y)} train, {len(data.eval_seen_y)} eval-seen, "
           f"{len(data.eval_unseen_y)} eval-unseen rows, {data.feature_dim}-d features", flush=True)
-    torch.manual_seed(spec.seed)
-    model = get_model(spec.model)(spec.config, data, device, spec.seed)
     history: list[dict] = []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -307,9 +287,8 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
     total, bar, stage = model.epochs_total, None, None
     try:
         while model.epoch < total:
-            stats = model.train_epoch()
+            stats = run.train_epoch()
             epoch = model.epoch
-            check_finite(spec.dataset, epoch, stats)
             if stats.get("stage") != stage or bar is None:
                 if bar is not None:
                     bar.close()
@@ -319,8 +298,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
             log.train(epoch, stats)
             line = f"epoch {epoch}/{total} [{stage or 'train'}] {format_numbers(stats)}"
             if epoch % eval_every == 0 or epoch == total:
-                metrics = plain(model.evaluate())
-                check_finite(spec.dataset, epoch, metrics)
+                metrics = plain(run.evaluate())
                 log.evaluation(epoch, metrics)
                 history.append({"epoch": epoch, **metrics})
                 line += " | " + format_numbers({k: metrics[k] for k in metrics if k in METRIC_KEYS})
@@ -328,7 +306,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
             if epoch % checkpoint_every == 0 or epoch == total:
                 save_checkpoint(out, spec, model, history)
         if not history or history[-1]["epoch"] != model.epoch:  # e.g. resumed after the last epoch
-            history.append({"epoch": model.epoch, **plain(model.evaluate())})
+            history.append({"epoch": model.epoch, **plain(run.evaluate())})
     finally:
         if bar is not None:
             bar.close()
@@ -337,6 +315,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
     write_json(out / "results.json", {
         "model": spec.model, "dataset": spec.dataset, "label": data.label, "simulated": data.simulated,
         "protocol": spec.protocol, "seed": spec.seed, "data_seed": spec.data_seed, "scale": spec.scale,
+        "data_options": spec.to_dict()["data"], "data_sources": data.info.get("sources"),
         "device": str(device), "epochs": model.epoch, "final": final, "history": history,
         "wall_seconds": time.perf_counter() - started,
     })
@@ -362,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--data-seed", type=int, default=0, help="simulated world and validation holdout seed (default 0)")
     p.add_argument("--scale", choices=("small", "full"), default="small", help="size of simulated datasets (default small)")
+    p.add_argument("--class-embedding", choices=("att", "original_att", "sent"),
+                   help="class semantics: att (default, L2-normalised attributes), original_att, sent (CUB sentences)")
+    p.add_argument("--split-percent", type=int, choices=(100, 30, 10), help="share of trainval images to train on (default 100)")
+    p.add_argument("--scaler-fit", choices=("train_rows", "full_trainval"),
+                   help="fit the feature scaler on the training rows used (default) or on all trainval rows (reference)")
     p.add_argument("--eval-every", type=int, default=1, metavar="K", help="evaluate every K epochs and at the end (default 1)")
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="K", help="checkpoint every K epochs and at the end (default 1)")
     p.add_argument("--out", help="output directory (default runs/<model>_<dataset>_<protocol>_s<seed>)")

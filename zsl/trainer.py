@@ -25,10 +25,21 @@ class Trainer(Protocol):
       ``ZSL`` (unseen-only per-class mean accuracy, percent).
     - ``state_dict()`` / ``load_state_dict()``: everything needed to continue the run
       (nets, optimisers, RNG states, counters, adaptive coefficients).
+    - the epoch budget, owned by the model (class methods, on resolved configs):
+      ``epochs_in(config) -> int`` is the run's epochs over all stages; ``with_epochs(config, n)``
+      is ``config`` trained for ``n`` epochs in all (a multi-stage model decides how stages share them:
+      D2SC splits them in the proportion of its stages). A cap (``zsl.run.capped_config``) applies
+      ``with_epochs`` only when it is below ``epochs_in``.
     """
 
     epochs_total: int
     epoch: int
+
+    @classmethod
+    def epochs_in(cls, config: dict) -> int: ...
+
+    @classmethod
+    def with_epochs(cls, config: dict, n: int) -> dict: ...
 
     def __init__(self, config: dict, data: ZSLData, device: Any, seed: int) -> None: ...
 
@@ -39,3 +50,17 @@ class Trainer(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class SingleStageEpochs:
+    """The epoch budget of a one-stage model whose config has an ``epochs`` field (mixed into its class)."""
+
+    @classmethod
+    def epochs_in(cls, config: dict) -> int:
+        """Epochs of a resolved ``config``."""
+        return int(config["epochs"])
+
+    @classmethod
+    def with_epochs(cls, config: dict, n: int) -> dict:
+        """``config`` trained for ``n`` epochs."""
+        return {**config, "epochs": n}

@@ -210,6 +210,11 @@ class D2SC:
     Config = Config
 
     @classmethod
+    def epochs_in(cls, config: dict) -> int:
+        """Epochs of both stages of a resolved ``config``."""
+        return int(config["drg_epochs"]) + int(config["dfg_epochs"])
+
+    @classmethod
     def with_epochs(cls, config: dict, n: int) -> dict:
         """``config`` with n epochs in all, split between DRG and DFG in the config's proportion
         (each stage keeps at least one epoch when n >= 2; n = 1 runs DRG only)."""

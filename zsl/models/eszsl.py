@@ -29,6 +29,7 @@ from zsl.data.types import ZSLData
 from zsl.errors import UserError
 from zsl.metrics import harmonic_mean, per_class_accuracy
 from zsl.models import validate_config
+from zsl.trainer import SingleStageEpochs
 
 SOLVERS = ("closed_form", "gradient")
 TARGET_CODINGS = ("onehot", "signed")
@@ -76,7 +77,7 @@ def objective(x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, v: torch.Tensor
     return ((xv @ s.T - y) ** 2).sum() + gamma * (vs**2).sum() + lam * (xv**2).sum() + gamma * lam * (v**2).sum()
 
 
-class ESZSL:
+class ESZSL(SingleStageEpochs):
     """ESZSL as a :class:`zsl.trainer.Trainer` (train_epoch / evaluate / state_dict)."""
 
     Config = Config

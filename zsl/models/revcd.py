@@ -24,6 +24,7 @@ from zsl.errors import UserError
 from zsl.metrics import harmonic_mean, per_class_accuracy
 from zsl.models import validate_config
 from zsl.models.revcd_nets import Denoiser, RevCDNet, SeenClassifier, VisualEncoder
+from zsl.trainer import SingleStageEpochs
 
 
 @dataclass
@@ -169,7 +170,7 @@ def scale_features(train_x: np.ndarray, others: list[np.ndarray], kind: str) -> 
     return [((a - lo) / span).astype(np.float32) for a in arrays]
 
 
-class RevCD:
+class RevCD(SingleStageEpochs):
     """The Trainer (zsl.trainer) for RevCD.  One epoch = one shuffled pass over the training images
     in full batches; ``evaluate()`` samples ŝ for every evaluation image in one batched chain."""
 

@@ -1,0 +1,138 @@
+"""The run engine: a RunSpec -> its data -> its trainer -> epochs -> scores.
+
+Every place that trains a model goes through here: ``python -m zsl.train``, each dataset run of a
+search trial (hpo.trainable), the report's final evaluation and the benches. A run is data
+(:class:`RunSpec`): the same spec gives the same numbers wherever it runs.
+
+Seeds: ``data_seed`` draws the simulated world and the validation holdout; ``seed`` drives the
+model (initial weights, noise, batches). A search varies neither between trials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from zsl.errors import UserError, check_finite
+from zsl.models import get_model, make_config, validate_config
+
+CLASS_EMBEDDINGS = ("att", "original_att", "sent")
+SPLIT_PERCENTS = (100, 30, 10)
+SCALER_FITS = ("train_rows", "full_trainval")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How a dataset is read: class embedding, xlsa17 split percent, where the feature scaler is fitted."""
+
+    class_embedding: str = "att"     # att (L2-normalised original_att) | original_att | sent (CUB's 1024-d)
+    split_percent: int = 100         # 100 | 30 | 10: the share of trainval images used for training
+    scaler_fit: str = "train_rows"   # train_rows | full_trainval (the reference's fit, before split_percent)
+
+    def __post_init__(self) -> None:
+        checks = [(self.class_embedding in CLASS_EMBEDDINGS, "--class-embedding", CLASS_EMBEDDINGS),
+                  (self.split_percent in SPLIT_PERCENTS, "--split-percent", SPLIT_PERCENTS),
+                  (self.scaler_fit in SCALER_FITS, "--scaler-fit", SCALER_FITS)]
+        for ok, flag, allowed in checks:
+            if not ok:
+                raise UserError(f"{flag} must be one of {', '.join(map(str, allowed))}.")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines a run's result (what ``zsl.train --resume`` must find unchanged)."""
+
+    model: str
+    dataset: str
+    preset: str | None
+    protocol: str
+    seed: int                  # the model's seed
+    data_seed: int             # the simulated world's and the validation holdout's seed
+    scale: str                 # simulated datasets: small | full
+    data_root: str | None
+    config: dict               # resolved hyperparameters, epoch budget applied
+    data: DataOptions = field(default_factory=DataOptions)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> RunSpec:
+        return cls(**{**doc, "data": DataOptions(**doc.get("data", {}))})
+
+
+def resolve_config(model: str, preset: str | None, dataset: str, overrides: dict | None = None,
+                   epochs: int | None = None, max_epochs: int | None = None) -> dict:
+    """The model's config for ``dataset``: defaults <- preset <- overrides, then the epoch budget.
+
+    ``epochs``: train exactly this many epochs in all; ``max_epochs``: at most this many. Either goes
+    through the model's own ``with_epochs`` (a multi-stage model shortens every stage in proportion).
+    """
+    config = make_config(model, preset, dataset, overrides)
+    cls = get_model(model)
+    for n, flag in ((epochs, "--epochs"), (max_epochs, "--max-epochs")):
+        if n is not None and n < 1:
+            raise UserError(f"{flag} must be >= 1, got {n}.")
+    if epochs is not None:
+        config = validate_config(cls.Config, cls.with_epochs(dict(config), epochs), where=f"model '{model}'")
+    if max_epochs is not None and cls.epochs_in(config) > max_epochs:
+        config = validate_config(cls.Config, cls.with_epochs(dict(config), max_epochs), where=f"model '{model}'")
+    return config
+
+
+def load_run_data(spec: RunSpec):
+    """The ZSLData of ``spec`` (protocol split, scaling, data options, data seed)."""
+    from zsl.data import load_dataset
+
+    return load_dataset(spec.dataset, spec.data_root, spec.protocol, seed=spec.data_seed, scale=spec.scale,
+                        class_embedding=spec.data.class_embedding, split_percent=spec.data.split_percent,
+                        scaler_fit=spec.data.scaler_fit)
+
+
+class Run:
+    """One run of a RunSpec on a device: its data and trainer, stepped epoch by epoch.
+
+    ``train_epoch`` / ``evaluate`` raise zsl.errors.DivergedError on a NaN/inf loss or score.
+    """
+
+    def __init__(self, spec: RunSpec, device: Any = "cpu", threads: int | None = None, data=None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(max(1, int(threads)))
+        self.spec = spec
+        self.data = data if data is not None else load_run_data(spec)
+        torch.manual_seed(spec.seed)
+        self.trainer = get_model(spec.model)(spec.config, self.data, device, spec.seed)
+
+    @property
+    def epoch(self) -> int:
+        return self.trainer.epoch
+
+    @property
+    def epochs_total(self) -> int:
+        return self.trainer.epochs_total
+
+    def train_epoch(self) -> dict:
+        """One epoch of the current stage; its losses and timings."""
+        losses = self.trainer.train_epoch()
+        check_finite(self.spec.dataset, self.trainer.epoch, losses)
+        return losses
+
+    def evaluate(self) -> dict:
+        """Scores under the spec's protocol (S, U, H, ZSL in percent, plus the model's extras)."""
+        scores = self.trainer.evaluate()
+        check_finite(self.spec.dataset, self.trainer.epoch, scores)
+        return scores
+
+    def run_to_end(self) -> dict:
+        """Train every remaining epoch, then evaluate once."""
+        while self.epoch < self.epochs_total:
+            self.train_epoch()
+        return self.evaluate()
+
+    def state_dict(self) -> dict:
+        return self.trainer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trainer.load_state_dict(state)
