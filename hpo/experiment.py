@@ -55,7 +55,7 @@ class SearchOptions:
     time_budget: float | None = None
     objective: str = "mean"
     max_epochs: int | None = None
-    grace_period: int = 4  # past the simulated spaces' 3 DRG epochs: ASHA judges trials on DFG (feature) scores
+    grace_period: int = 2  # scoring-stage epochs (D2SC: DFG) before ASHA may stop a trial
     reduction_factor: float = 3.0
     scheduler: str = "asha"
     searcher: str = "tpe"

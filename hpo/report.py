@@ -155,12 +155,13 @@ def final_evaluations(ctx: SearchContext, settings: dict) -> dict:
 
 
 def plot_best_so_far(trials: list[TrialRecord], path: Path, label: str) -> None:
-    """Best-so-far objective against cumulative epochs trained by the search (results in time order)."""
+    """Best-so-far objective against cumulative scoring-stage trial-epochs of the search (results in time order)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted((r["timestamp"], r["objective"]) for t in trials for r in t.rows if "objective" in r)
+    rows = sorted((r["timestamp"], r["objective"]) for t in trials for r in t.rows
+                  if isinstance(r.get("objective"), (int, float)) and math.isfinite(r["objective"]))  # no prefix rows
     best, xs, ys = -math.inf, [], []
     for i, (_, value) in enumerate(rows, start=1):
         best = max(best, value)

@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature scaler fitted on the training rows used, or on all trainval rows (reference)")
     p.add_argument("--time-budget", type=float, help="stop starting/continuing trials after this many seconds")
     p.add_argument("--objective", choices=["mean", "min"], default=d.objective, help="aggregate of H over datasets")
-    p.add_argument("--max-epochs", type=int, help="cap on each run's epochs (both stages together)")
-    p.add_argument("--grace-period", type=int, default=d.grace_period, help="ASHA: epochs before a trial may be stopped (default 4: past the simulated runs' DRG stage)")
+    p.add_argument("--max-epochs", type=int, help="cap on each run's epochs, all stages together (each stage shortened in proportion)")
+    p.add_argument("--grace-period", type=int, default=d.grace_period, help="ASHA: scoring-stage epochs (D2SC: DFG epochs; DRG is an unjudged prefix) before a trial may be stopped")
     p.add_argument("--reduction-factor", type=float, default=d.reduction_factor, help="ASHA reduction factor")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default=d.scheduler)
     p.add_argument("--searcher", choices=["tpe", "random"], default=d.searcher)
@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from hpo.tuner import run_search
 
-        run_search(SearchOptions(**args))
+        summary = run_search(SearchOptions(**args))
+        if summary.interrupted:
+            print("interrupted: finished trials are kept; continue with the same command plus --resume", file=sys.stderr)
+            return 130
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -70,7 +70,7 @@ class PruningOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Record the trial's objective at this epoch as an Optuna intermediate value (once per step)."""
         steps = self.__dict__.setdefault("_reported_steps", {}).setdefault(trial_id, set())
-        step = result.get("training_iteration")
+        step = result.get(EPOCH_ATTR, result.get("training_iteration"))  # scoring-stage epochs (hpo.trainable)
         value = result.get(METRIC)
         if step is None or step in steps or not _finite(value):
             return

@@ -15,10 +15,11 @@ from typing import Any
 
 import yaml
 
+import search_spaces
 from zsl.errors import UserError
 from zsl.models import get_model, load_presets, validate_config
 
-SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACE_DIR = Path(search_spaces.__file__).resolve().parent  # package data: there in editable and plain installs
 TOP_KEYS = {"model", "preset", "simulated", "params", "published", "description"}
 SIMULATED_KEYS = {"preset", "fixed"}
 PARAM_KEYS = {

@@ -97,9 +97,9 @@ class DatasetRun:
         ctx = SearchContext(**context)
         self.name, self.run = name, Run(ctx.run_spec(params, name), ctx.device, ctx.torch_threads)
 
-    def progress(self) -> tuple[int, int]:
-        """(epochs done, epochs this run will do)."""
-        return self.run.epoch, self.run.epochs_total
+    def progress(self) -> tuple[int, int, int]:
+        """(epochs done, epochs this run will do, epochs of its prefix: the stages before its scoring stage)."""
+        return self.run.epoch, self.run.epochs_total, self.run.prefix_epochs
 
     def step(self) -> dict:
         return step_dataset(self.name, self.run)
@@ -148,13 +148,15 @@ def call_runs(runs: dict, method: str, args: dict | None = None) -> dict:
 
 
 def step_dataset(name: str, run: Run) -> dict:
-    """Train one epoch and evaluate; returns {f"{name}/S": ..., f"{name}/loss/<k>": ...}."""
+    """Train one epoch and evaluate; returns {f"{name}/S": ..., f"{name}/loss/<k>": ...}; an epoch of a prefix
+    stage (before the scoring stage) is reported under that stage's name: {f"{stage}/{name}/H": ...}."""
+    prefix = run.in_prefix
     losses = run.train_epoch()
     scores = run.evaluate()
     out = {f"{name}/{k}": float(scores[k]) for k in ("S", "U", "H", "ZSL")}
     out.update({f"{name}/{k}": float(v) for k, v in scores.items() if _number(v)})  # e.g. other views' H_VC
     out.update({f"{name}/loss/{k}": float(v) for k, v in losses.items() if _number(v)})
-    return out
+    return {f"{losses.get('stage', 'prefix')}/{k}": v for k, v in out.items()} if prefix else out
 
 
 def _number(value) -> bool:
@@ -187,40 +189,61 @@ def report_divergence(state: dict, epoch: int, epochs_total: int, reason: str) -
     checkpoint would diverge again.
     """
     metrics = {k: v for per in state["last"].values() for k, v in per.items()}
-    tune.report({**metrics, "objective": math.nan, "best_objective": state["best_objective"], "epoch": epoch,
-                 "epochs_total": epochs_total, "diverged": 1, "diverged_reason": reason})
+    tune.report({**metrics, "objective": math.nan, "best_objective": _finite_or_nan(state["best_objective"]),
+                 "epoch": epoch, "epochs_total": epochs_total, "diverged": 1, "diverged_reason": reason})
+
+
+def _finite_or_nan(value: float) -> float:
+    return value if math.isfinite(value) else math.nan
 
 
 def trainable(config: dict, context: dict) -> None:
     """Ray Tune function trainable (bind ``context`` with tune.with_parameters).
 
     config: the sampled params (plus the space's fixed constants); context: SearchContext.to_dict().
-    Reports every epoch: objective, best_objective, epoch, epochs_total, <dataset>/{S,U,H,ZSL},
-    <dataset>/loss/<name>, epoch_seconds; a run that diverges ends the trial (see report_divergence).
+
+    Fidelity counts scoring-stage epochs only. While any dataset run is in its prefix (the stages before
+    its scoring stage, e.g. D2SC's DRG), only the runs in their prefix are stepped, and each report has
+    ``epoch`` 0 (nothing for the scheduler to judge), ``objective`` NaN (nothing for Optuna) and the
+    prefix scores under their stage's name (``DRG/<dataset>/H``); then every run is in its scoring stage
+    and each step advances all of them by one scoring epoch (``epoch`` 1, 2, ...; a run with fewer
+    scoring epochs keeps its last scores). Each report also carries ``trial_epochs`` (all epochs the
+    trial has run, prefix included: its cost), ``stage`` ("prefix" or "scoring"), objective,
+    best_objective, epochs_total (scoring epochs), <dataset>/{S,U,H,ZSL}, <dataset>/loss/<name>,
+    epoch_seconds. A run that diverges ends the trial (see report_divergence).
     """
     ctx = SearchContext(**context)
     runs = build_runs(ctx, dict(config))  # each Run sets the torch thread count of its process
-    state = {"best_objective": -math.inf, "last": {}}
+    state = {"best_objective": -math.inf, "last": {}, "prefix": {}, "trial_epochs": 0}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, runs)
+        state = {"prefix": {}, "trial_epochs": 0, **load_checkpoint(checkpoint, runs)}
     progress = call_runs(runs, "progress")
-    epochs_total = max(cap for _, cap in progress.values())
-    epoch = max(done for done, _ in progress.values())
-    while epoch < epochs_total:
-        start = time.perf_counter()
-        due = {name: () for name, (done, cap) in progress.items() if done < cap}  # a shorter run keeps its last scores
-        try:
-            state["last"].update(call_runs(runs, "step", due))
-        except DivergedError as err:  # also a parallel run's RayTaskError, which subclasses it
-            report_divergence(state, epoch + 1, epochs_total, str(err).splitlines()[-1])
+    epochs_total = max(total - prefix for _, total, prefix in progress.values())
+    while True:
+        prefix_due = {name: () for name, (done, _, prefix) in progress.items() if done < prefix}
+        due = prefix_due or {name: () for name, (done, total, _) in progress.items() if done < total}
+        if not due:
             return
-        progress = {name: (done + (name in due), cap) for name, (done, cap) in progress.items()}
-        epoch += 1
-        metrics = {k: v for per in state["last"].values() for k, v in per.items()}
-        objective = aggregate([state["last"][name][f"{name}/H"] for name in runs], ctx.objective)
-        state["best_objective"] = max(state["best_objective"], objective)
-        metrics.update(objective=objective, best_objective=state["best_objective"], epoch=epoch,
-                       epochs_total=epochs_total, epoch_seconds=time.perf_counter() - start)
+        epoch = max(max(done - prefix, 0) for done, _, prefix in progress.values()) + (not prefix_due)
+        start = time.perf_counter()
+        try:
+            stepped = call_runs(runs, "step", due)
+        except DivergedError as err:  # also a parallel run's RayTaskError, which subclasses it
+            report_divergence(state, epoch, epochs_total, str(err).splitlines()[-1])
+            return
+        progress = {name: (done + (name in due), total, prefix) for name, (done, total, prefix) in progress.items()}
+        state["trial_epochs"] += 1
+        state["prefix" if prefix_due else "last"].update(stepped)
+        metrics = {k: v for part in ("prefix", "last") for per in state[part].values() for k, v in per.items()}
+        if prefix_due:
+            objective = math.nan
+        else:
+            objective = aggregate([state["last"][name][f"{name}/H"] for name in runs], ctx.objective)
+            state["best_objective"] = max(state["best_objective"], objective)
+        metrics.update(objective=objective, best_objective=_finite_or_nan(state["best_objective"]),
+                       epoch=epoch if not prefix_due else 0, epochs_total=epochs_total,
+                       trial_epochs=state["trial_epochs"], stage="prefix" if prefix_due else "scoring",
+                       epoch_seconds=time.perf_counter() - start)
         with tempfile.TemporaryDirectory(prefix="zsl-hpo-ckpt-") as folder:  # tune.report persists it before returning
             tune.report(metrics, checkpoint=save_checkpoint(runs, state, folder))

@@ -44,6 +44,21 @@ def ray_trial_status(exp: Path) -> dict[str, str]:
     return {}
 
 
+def saved_statuses(experiment_dir: str) -> dict[str, str]:
+    """Trial id -> status in the newest trial list Ray saved in ``experiment_dir`` (a folder or URI); {} if none."""
+    from hpo.storage import files_in, filesystem
+
+    fs, root = filesystem(experiment_dir)
+    names = fnmatch.filter(files_in(experiment_dir), RAY_STATE_PATTERNS[0])
+    if not names:
+        return {}
+    try:
+        with fs.open_input_stream(f"{root.rstrip('/')}/{max(names)}") as stream:
+            return trial_statuses(stream.readall())
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return {}
+
+
 def _from_snapshot(exp: Path) -> bytes | None:
     files = json.loads((exp / SNAPSHOT_FILE).read_text())["files"]
     names = fnmatch.filter(files, RAY_STATE_PATTERNS[0])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -22,6 +24,7 @@ from hpo.ranking import is_finished, rank_key
 from hpo.reconcile import reconcile_snapshot
 from hpo.searcher import METRIC, MODE, PruningOptunaSearch, make_scheduler, make_search_alg
 from hpo.trainable import trainable
+from hpo.trial_status import saved_statuses
 from hpo.trusted_state import SignedSnapshot, load_key, restore_signed_state, sign_tuner
 
 SIDECAR_FILES = (SEARCH_FILE, STUDY_FILE, MARKER)  # driver-side files copied to a remote experiment dir
@@ -39,6 +42,7 @@ class SearchSummary:
     stopped_early: int
     errored: int
     diverged: int
+    interrupted: int  # trials still pending, running or paused when the search was interrupted (Ctrl-C)
     best_objective: float | None
     best_config: dict | None
     wall_seconds: float
@@ -139,27 +143,33 @@ def raise_user(message: str):
     raise UserError(message)
 
 
-def summarise(results, exp_dir: str, wall: float) -> SearchSummary:
+def summarise(results, exp_dir: str, wall: float, was_interrupted: bool = False) -> SearchSummary:
     """Counts of trials by outcome and the best trial (hpo.ranking) of a ResultGrid.
 
-    Outcomes follow Ray's final record: a trial recovered from a crash counts by how it ended.
+    Outcomes follow Ray's final record: a trial recovered from a crash counts by how it ended, and, after an
+    interruption, one that had not ended (RUNNING/PAUSED/PENDING in the state Ray saved) counts as interrupted.
     """
-    completed = stopped = errored = diverged = 0
+    completed = stopped = errored = diverged = interrupted = 0
     best_key, best, best_config = None, None, None
-    for result in results:
+    saved = saved_statuses(exp_dir) if was_interrupted else {}
+    statuses = [saved.get(trial.trial_id, trial.status) for trial in results._experiment_analysis.trials]
+    for result, status in zip(results, statuses):
         metrics = result.metrics or {}
         if result.error is not None:
             errored += 1
         elif metrics.get("diverged"):
             diverged += 1
+        elif status in ("PENDING", "RUNNING", "PAUSED"):
+            interrupted += 1
         elif metrics.get("epoch", 0) < metrics.get("epochs_total", 0):
             stopped += 1
         else:
             completed += 1
-        key = rank_key(metrics, result.error is None and is_finished(metrics))
+        key = rank_key(metrics, result.error is None and status == "TERMINATED" and is_finished(metrics))
         if key[1] and (best_key is None or key > best_key):
             best_key, best, best_config = key, metrics["objective"], result.config
-    return SearchSummary(exp_dir, len(results), completed, stopped, errored, diverged, best, best_config, wall)
+    return SearchSummary(exp_dir, len(results), completed, stopped, errored, diverged, interrupted, best, best_config,
+                         wall)
 
 
 def print_start(opts: SearchOptions, ctx, sidecar: Path, record: dict) -> None:
@@ -177,9 +187,10 @@ def print_start(opts: SearchOptions, ctx, sidecar: Path, record: dict) -> None:
 
 
 def print_end(summary: SearchSummary, opts: SearchOptions) -> None:
-    print(f"\nsearch finished in {summary.wall_seconds:.0f} s: {summary.trials} trials, {summary.completed} completed, "
+    ended = "interrupted" if summary.interrupted else "finished"
+    print(f"\nsearch {ended} after {summary.wall_seconds:.0f} s: {summary.trials} trials, {summary.completed} completed, "
           f"{summary.stopped_early} stopped early by the scheduler, {summary.diverged} diverged (not retried), "
-          f"{summary.errored} errored")
+          f"{summary.errored} errored" + (f", {summary.interrupted} interrupted" if summary.interrupted else ""))
     if summary.best_config is not None:
         print(f"best trial ({opts.objective} H over datasets at its last epoch, validation protocol; "
               f"full runs rank first): {summary.best_objective:.2f}")
@@ -213,11 +224,37 @@ def run_search(opts: SearchOptions) -> SearchSummary:
         tuner = make_tuner(opts, space, ctx, sidecar, record)
         for sync in syncs:
             sync.upload()  # the study too, before any trial runs
-        results = tuner.fit()
-    summary = summarise(results, experiment_dir(opts), time.perf_counter() - start)
+        with _without_ray_resume_advice() as advice:  # ours is printed instead (hpo/search.py)
+            results = tuner.fit()
+    summary = summarise(results, experiment_dir(opts), time.perf_counter() - start, advice.interrupted)
     if opts.verbose:
         print_end(summary, opts)
     return summary
+
+
+class _DropResumeAdvice(logging.Filter):
+    """Drops Ray's "resume with Tuner.restore(...)" advice (this project's CLI resumes with --resume); Ray logs
+    it exactly when a run was interrupted (Ctrl-C), which ``interrupted`` records."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Tuner.restore(" in record.getMessage():
+            self.interrupted = True
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _without_ray_resume_advice():
+    ray_logger, drop = logging.getLogger("ray.tune.tune"), _DropResumeAdvice()
+    ray_logger.addFilter(drop)
+    try:
+        yield drop
+    finally:
+        ray_logger.removeFilter(drop)
 
 
 def resumed_options(opts: SearchOptions) -> SearchOptions:

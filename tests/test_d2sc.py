@@ -160,9 +160,10 @@ def _losses(outs):
     return [{k: v for k, v in o.items() if k not in ("seconds", "stage")} for o in outs]
 
 
-@pytest.mark.parametrize("stop,sampling", [(1, "random"), (2, "random"), (3, "permutation")])
+@pytest.mark.parametrize("stop,sampling", [(1, "random"), (3, "permutation")])
 def test_resume_matches_uninterrupted_run(stop, sampling):
-    """Stop after `stop` epochs (2 = the DRG->DFG boundary), reload into a fresh model, continue."""
+    """Stop inside a stage, with either batch sampling, reload into a fresh model, continue (the stage boundary and
+    the scores after resume: tests/test_seam_contract.py, for every model)."""
     data = toy_data(per_class=12)
     full = _losses(_run(_model(data, seed=3, batch_sampling=sampling), 4))
     first = _model(data, seed=3, batch_sampling=sampling)

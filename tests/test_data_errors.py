@@ -106,7 +106,8 @@ def _intact(d, f):
 
 CASES = {
     "data root missing": (_intact, ["--data-root", "{root}/nowhere"], "does not exist"),
-    "unknown dataset": (_intact, ["--dataset", "AWA3"], "unknown dataset 'AWA3'"),
+    "unknown dataset": (_intact, ["--dataset", "AWA3"], "/AWA3: datasets under"),
+    "dataset not a folder name": (_intact, ["--dataset", "../AWA2"], "is not a folder name"),
     "unknown protocol": (_intact, ["--protocol", "test"], "unknown protocol 'test'"),
     "unknown class embedding": (_intact, ["--class-embedding", "w2v"], "unknown class embedding"),
     "bad split percent": (_intact, ["--split-percent", "50"], "split_percent"),

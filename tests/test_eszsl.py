@@ -10,7 +10,6 @@ from data_fixtures import sim_cache  # noqa: F401 (fixture)
 from zsl.data import load_dataset
 from zsl.models import make_config
 from zsl.models.eszsl import ESZSL, Config, closed_form, objective
-from zsl.trainer import Trainer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: threads only add hand-off cost
@@ -82,23 +81,6 @@ def test_eszsl_well_above_chance_and_below_perfect_on_sims(sims, name, protocol)
     assert 3 * chance < result["ZSL"] < 90.0
     assert 0.0 < result["U"] < result["S"] <= 100.0
     assert result["H"] == pytest.approx(2 * result["S"] * result["U"] / (result["S"] + result["U"]))
-
-
-def test_trainer_protocol_state_dict_resume_and_evaluate_is_pure(sims):
-    data = sims[("sim-CUB", "validation")]
-    cfg = make_config("eszsl", "small", "sim-CUB")
-    assert cfg["solver"] == "gradient" and cfg["epochs"] > 1
-    a = ESZSL(cfg, data)
-    assert isinstance(a, Trainer)
-    a.train_epoch()
-    a.evaluate()                                                          # must not change the trajectory
-    state = a.state_dict()
-    b = ESZSL(cfg, data)
-    b.load_state_dict(state)
-    a.train_epoch()
-    b.train_epoch()
-    assert a.epoch == b.epoch == 2
-    assert torch.equal(a.v, b.v)
 
 
 def test_bad_hyperparameter_is_a_user_error(sims):

@@ -88,7 +88,7 @@ def test_searcher_finds_the_optuna_trial_its_snapshot_lacks():
     search.on_trial_result("ray-1", {"objective": 3.0, "training_iteration": 1})
     search.on_trial_complete("ray-1", {"objective": 4.0, "epoch": 2, "epochs_total": 2})
     trial = study.trials[0]
-    assert trial.state == TrialState.COMPLETE and trial.value == 4.0 and trial.intermediate_values == {1: 3.0}
+    assert trial.state == TrialState.COMPLETE and trial.value == 4.0 and trial.intermediate_values == {1: 3.0, 2: 4.0}
     search.on_trial_complete("ray-unknown", {"objective": 1.0})  # a trial Optuna never saw: ignored
     assert len(study.trials) == 1
 

@@ -182,7 +182,11 @@ def _interrupt_and_resume(tmp_path, address, sig, name):
     assert done, "no trial finished before the interrupt"
     before = {d.name: len(_results(d)) for d in _trial_dirs(exp)}
     proc.send_signal(sig)
-    proc.communicate(timeout=120)
+    interrupted_out, _ = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:  # Ctrl-C: our advice and summary, exit 130, not Ray's Tuner.restore advice
+        assert proc.returncode == 130, interrupted_out[-2000:]
+        assert "continue with the same command plus --resume" in interrupted_out
+        assert "Tuner.restore(" not in interrupted_out
     again = _cli(args, address)
     out, _ = again.communicate(timeout=120)
     assert "already exists" in out and again.returncode == 2  # refuses to overwrite without --resume

@@ -113,6 +113,23 @@ class Run:
     def epochs_total(self) -> int:
         return self.trainer.epochs_total
 
+    @property
+    def scoring_stage(self) -> str:
+        """The stage whose scores count (zsl.trainer.Trainer.scoring_stage)."""
+        return type(self.trainer).scoring_stage(self.spec.config)
+
+    @property
+    def prefix_epochs(self) -> int:
+        """Epochs of the stages before the scoring stage (their scores do not count)."""
+        stages = type(self.trainer).stage_epochs(self.spec.config)
+        names = list(stages)
+        return sum(stages[n] for n in names[:names.index(self.scoring_stage)])
+
+    @property
+    def in_prefix(self) -> bool:
+        """Whether the run's next epoch belongs to a stage before its scoring stage."""
+        return self.epoch < self.prefix_epochs
+
     def train_epoch(self) -> dict:
         """One epoch of the current stage; its losses and timings."""
         losses = self.trainer.train_epoch()

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from zsl.errors import EXIT_DIVERGED, EXIT_USER_ERROR, DivergedError, UserError
-from zsl.models import base_dataset_name
+from zsl.models import base_dataset_name, preset_note
 from zsl.run import DataOptions, Run, RunSpec, resolve_config
 
 # torch, tensorboard and the data layer are imported where used, so that flag errors and --help are instant.
@@ -272,6 +272,9 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
         check_resume_spec(state.get("spec", {}), spec, out)
     run = Run(spec, device)
     data, model = run.data, run.trainer
+    note = preset_note(spec.model, spec.preset, spec.dataset)
+    if note:
+        print(f"note: {note}", flush=True)
     print(f"data: {data.label}: {len(data.train_y)} train, {len(data.eval_seen_y)} eval-seen, "
           f"{len(data.eval_unseen_y)} eval-unseen rows, {data.feature_dim}-d features", flush=True)
     history: list[dict] = []

@@ -28,8 +28,12 @@ class Trainer(Protocol):
     - the epoch budget, owned by the model (class methods, on resolved configs):
       ``epochs_in(config) -> int`` is the run's epochs over all stages; ``with_epochs(config, n)``
       is ``config`` trained for ``n`` epochs in all (a multi-stage model decides how stages share them:
-      D2SC splits them in the proportion of its stages). A cap (``zsl.run.capped_config``) applies
+      D2SC splits them in the proportion of its stages). A cap (``zsl.run.resolve_config``) applies
       ``with_epochs`` only when it is below ``epochs_in``.
+    - stages (class methods, on resolved configs): ``stage_epochs(config)`` is ``{stage: epochs}`` in
+      training order; ``scoring_stage(config)`` names the stage whose scores count (a search ranks and
+      stops trials on it; the stages before it are a prefix whose cost counts and whose scores are
+      reported under their own names). ``train_epoch()``'s ``stage`` key says which stage an epoch ran.
     """
 
     epochs_total: int
@@ -40,6 +44,12 @@ class Trainer(Protocol):
 
     @classmethod
     def with_epochs(cls, config: dict, n: int) -> dict: ...
+
+    @classmethod
+    def stage_epochs(cls, config: dict) -> dict[str, int]: ...
+
+    @classmethod
+    def scoring_stage(cls, config: dict) -> str: ...
 
     def __init__(self, config: dict, data: ZSLData, device: Any, seed: int) -> None: ...
 
@@ -53,7 +63,20 @@ class Trainer(Protocol):
 
 
 class SingleStageEpochs:
-    """The epoch budget of a one-stage model whose config has an ``epochs`` field (mixed into its class)."""
+    """The epoch budget and stage of a one-stage model whose config has an ``epochs`` field (a mixin).
+
+    Its one stage is called ``STAGE`` (the ``stage`` its ``train_epoch`` reports; default "train").
+    """
+
+    STAGE = "train"
+
+    @classmethod
+    def stage_epochs(cls, config: dict) -> dict[str, int]:
+        return {cls.STAGE: int(config["epochs"])}
+
+    @classmethod
+    def scoring_stage(cls, config: dict) -> str:
+        return cls.STAGE
 
     @classmethod
     def epochs_in(cls, config: dict) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 from zsl.data.loading import DATASET_NAMES, read_named
 from zsl.data.protocols import PROTOCOLS, SCALER_FITS, check_protocol, make_split
 from zsl.data.simulated import SCALES
-from zsl.data.xlsa17 import CLASS_EMBEDDINGS, SPLIT_PERCENTS, Xlsa17
+from zsl.data.xlsa17 import CLASS_EMBEDDINGS, EXPECTED_ATT_DIM, SPLIT_PERCENTS, VALIDATION_FIELDS, Xlsa17
 from zsl.errors import EXIT_USER_ERROR, UserError
 
 
@@ -22,7 +22,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m zsl.data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate one dataset and print a summary")
-    check.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASET_NAMES)}")
+    check.add_argument("--dataset", required=True,
+                       help=f"a folder under --data-root in the xlsa17 layout (e.g. AWA1, APY, FLO, your own), or one of "
+                            f"{', '.join(DATASET_NAMES)}")
     check.add_argument("--data-root", default=None, help="folder holding <DATASET>/ (optional for sim-*)")
     check.add_argument("--class-embedding", default=None, help=f"one of {', '.join(CLASS_EMBEDDINGS)} (default att)")
     check.add_argument("--split-percent", type=int, default=100, help=f"one of {', '.join(map(str, SPLIT_PERCENTS))}")
@@ -43,12 +45,18 @@ def summary(raw: Xlsa17, name: str, seed: int, scaler_fit: str, protocols=PROTOC
     lines += [
         f"  images           {raw.n_images}",
         f"  classes          {len(raw.class_names)}",
-        f"  class embedding  {raw.class_embedding}, {raw.class_emb.shape[1]}-d",
+        f"  class embedding  {raw.class_embedding}, {raw.class_emb.shape[1]}-d"
+        + (f" (the known size for {name})" if name in EXPECTED_ATT_DIM and raw.class_embedding != "sent"
+           else " (size not checked: a dataset checked by structure alone)" if not raw.simulated
+           and raw.class_embedding != "sent" else ""),
         f"  feature views    {views}",
         "  xlsa17 sets      " + ", ".join(f"{k} {v.size}" for k, v in raw.locs.items()),
         f"  {'protocol':<11} {'seen':>5} {'unseen':>6} {'train':>7} {'eval_seen':>9} {'eval_unseen':>11}",
     ]
     for protocol in protocols:
+        if protocol == "validation" and not set(VALIDATION_FIELDS) <= set(raw.locs) and len(protocols) > 1:
+            lines.append(f"  {protocol:<11} not available: att_splits.mat has no train_loc/val_loc")
+            continue
         s = make_split(raw.labels, raw.locs, protocol, seed, raw.percent_positions, scaler_fit)
         lines.append(
             f"  {protocol:<11} {s.seen_classes.size:>5} {s.unseen_classes.size:>6} {s.train.size:>7} "

@@ -11,7 +11,7 @@ from zsl.data.protocols import Split, check_protocol, make_split
 from zsl.data.scaling import apply_minmax, fit_minmax
 from zsl.data.simulated import ensure_simulated
 from zsl.data.types import ZSLData
-from zsl.data.xlsa17 import REAL_DATASETS, Xlsa17, read_xlsa17
+from zsl.data.xlsa17 import EXPECTED_ATT_DIM, REAL_DATASETS, Xlsa17, read_xlsa17
 from zsl.errors import UserError
 
 SIM_PREFIX = "sim-"
@@ -24,17 +24,30 @@ DATASET_NAMES = REAL_DATASETS + tuple(SIM_PREFIX + d for d in REAL_DATASETS)
 
 
 def resolve_folder(name: str, data_root=None, seed: int = 0, scale: str = "small", cache_dir=None) -> tuple[Path, str]:
-    """(dataset folder, base name): the user's ``<data_root>/<name>`` or the generated simulated one."""
-    if name not in DATASET_NAMES:
-        raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASET_NAMES)}.")
+    """(dataset folder, base name): the user's ``<data_root>/<name>`` or the generated simulated one.
+
+    A real dataset is any folder under ``data_root`` in the xlsa17 layout: AWA1, AWA2, APY, CUB, SUN and FLO
+    have their class-embedding dimension checked too (zsl.data.xlsa17.EXPECTED_ATT_DIM); other names
+    (e.g. your own ViT features) are checked by structure alone.
+    """
     if name.startswith(SIM_PREFIX):
         base = name[len(SIM_PREFIX):]
+        if base not in REAL_DATASETS:
+            raise UserError(f"unknown dataset '{name}': simulated ones are {', '.join(SIM_PREFIX + d for d in REAL_DATASETS)}.")
         return ensure_simulated(base, scale=scale, seed=seed, cache_dir=cache_dir) / base, base
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise UserError(f"dataset '{name}' is not a folder name: pass --dataset NAME for <data root>/NAME "
+                        f"(e.g. {', '.join(sorted(EXPECTED_ATT_DIM))}).")
     if data_root is None:
-        raise UserError(f"dataset '{name}' needs real features: pass --data-root (the xlsa17 data folder) or use 'sim-{name}'.")
+        hint = f" or use 'sim-{name}'" if name in REAL_DATASETS else ""
+        raise UserError(f"dataset '{name}' needs real features: pass --data-root (the xlsa17 data folder){hint}.")
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise UserError(f"data root {root} does not exist: pass --data-root pointing at the xlsa17 data folder.")
+    if not (root / name).is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "att_splits.mat").is_file())
+        raise UserError(f"no dataset folder {root / name}: datasets under {root} are "
+                        f"{', '.join(found) or 'none (no <NAME>/att_splits.mat)'}; check --dataset and --data-root.")
     return root / name, name
 
 
@@ -59,7 +72,7 @@ def load_dataset(
 ) -> ZSLData:
     """Dataset ``name`` split by ``protocol`` and MinMax-scaled on its training rows.
 
-    name: "AWA2" | "CUB" | "SUN" (needs ``data_root``, the folder holding ``<name>/``) or
+    name: a folder under ``data_root`` in the xlsa17 layout (AWA1, AWA2, APY, CUB, SUN, FLO, or any other) or
     "sim-AWA2" | "sim-CUB" | "sim-SUN" (generated at ``scale`` "small" | "full" with ``seed``,
     cached under ``cache_dir``; ``data_root`` is ignored).  protocol: "validation" | "final" |
     "reference" (see zsl.data.protocols).  class_embedding: "att" (default; L2-normalised

@@ -81,6 +81,10 @@ def make_split(
 def _validation_sets(labels: np.ndarray, locs: dict[str, np.ndarray], seed: int, holdout: float):
     """(train, eval_seen, eval_unseen) image indices, all drawn from trainval_loc only."""
     trainval = locs["trainval_loc"]
+    missing = [name for name in ("train_loc", "val_loc") if name not in locs]
+    if missing:
+        raise UserError(f"att_splits.mat has no {' or '.join(missing)}, which the validation protocol needs to hold out "
+                        "classes: use an xlsa17 copy that has them, or --protocol final (no selection) instead.")
     tv_labels = labels[trainval]
     val_classes = np.unique(labels[locs["val_loc"]])
     train_classes = np.setdiff1d(np.unique(labels[locs["train_loc"]]), val_classes)

@@ -26,12 +26,15 @@ import numpy as np
 from zsl.data.matfile import get_field, load_mat
 from zsl.errors import UserError
 
-REAL_DATASETS = ("AWA2", "CUB", "SUN")
-EXPECTED_ATT_DIM = {"AWA2": 85, "CUB": 312, "SUN": 102}
+REAL_DATASETS = ("AWA2", "CUB", "SUN")  # the datasets with shipped semantics and simulated stand-ins
+# Class-embedding dimensions of the xlsa17-layout datasets in common use (att / original_att). Any other
+# folder in the same layout is read too, checked by structure alone.
+EXPECTED_ATT_DIM = {"AWA1": 85, "AWA2": 85, "APY": 64, "CUB": 312, "SUN": 102, "FLO": 1024}
 SENT_DIM = 1024
 CLASS_EMBEDDINGS = ("att", "original_att", "sent")
 SPLIT_PERCENTS = (10, 30, 100)
 LOC_FIELDS = ("trainval_loc", "test_seen_loc", "test_unseen_loc", "train_loc", "val_loc")
+VALIDATION_FIELDS = ("train_loc", "val_loc")  # only the validation protocol needs them (some APY copies lack them)
 SIMULATED_MARKER = "SIMULATED.json"
 
 
@@ -95,7 +98,8 @@ def read_xlsa17(
             f"expected for {dataset}: use the original xlsa17 file for this dataset."
         )
     _check_labels(labels, len(names), folder / "res101.mat")
-    locs = {name: _indices(get_field(sem, name, sem_path), sem_path, name, n) for name in LOC_FIELDS}
+    present = [name for name in LOC_FIELDS if name not in VALIDATION_FIELDS or name in sem]
+    locs = {name: _indices(get_field(sem, name, sem_path), sem_path, name, n) for name in present}
     _check_splits(locs, labels, sem_path)
     positions = _read_percent(folder, split_percent, len(locs["trainval_loc"]))
     sources = {"x": str(x_path), "semantics": str(sem_path)}

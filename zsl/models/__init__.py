@@ -67,6 +67,16 @@ def load_presets(model: str) -> dict[str, dict]:
     return doc.get("presets", {}) or {}
 
 
+def preset_note(model: str, preset: str | None, dataset: str) -> str | None:
+    """A line saying that ``preset`` has no entry for ``dataset`` (only its ``default`` applies), else None."""
+    entry = load_presets(model).get(preset) if preset else None
+    known = ", ".join(k for k in entry or {} if k != "default")
+    if not known or base_dataset_name(dataset) in entry:  # no per-dataset values in this preset, or some for it
+        return None
+    return (f"preset '{preset}' of {model} has no entry for {dataset} (it has: {known}): its default values and "
+            "the data's own dimensions are used")
+
+
 def preset_names(model: str) -> list[str]:
     return sorted(load_presets(model))
 

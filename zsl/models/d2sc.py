@@ -9,6 +9,7 @@ ZeroDiff is this model with the D2SC terms off (preset ``zerodiff``).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from zsl.models import validate_config
 from zsl.models.d2sc_nets import (
     Critic, Encoder, FeatureGenerator, RepresentationGenerator, SemanticDecoder, init_weights,
 )
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("DRG", "DFG")
 
@@ -215,6 +218,16 @@ class D2SC:
         return int(config["drg_epochs"]) + int(config["dfg_epochs"])
 
     @classmethod
+    def stage_epochs(cls, config: dict) -> dict[str, int]:
+        """{"DRG": drg_epochs, "DFG": dfg_epochs}, in training order."""
+        return {"DRG": int(config["drg_epochs"]), "DFG": int(config["dfg_epochs"])}
+
+    @classmethod
+    def scoring_stage(cls, config: dict) -> str:
+        """DFG produces the features a run is scored on; a run without DFG epochs is scored on DRG."""
+        return "DFG" if int(config["dfg_epochs"]) > 0 else "DRG"
+
+    @classmethod
     def with_epochs(cls, config: dict, n: int) -> dict:
         """``config`` with n epochs in all, split between DRG and DFG in the config's proportion
         (each stage keeps at least one epoch when n >= 2; n = 1 runs DRG only)."""
@@ -294,6 +307,9 @@ class D2SC:
         self.eval_seen_x, self.eval_seen_y = t(data.eval_seen_x), t(data.eval_seen_y, torch.long)
         self.eval_unseen_x, self.eval_unseen_y = t(data.eval_unseen_x), t(data.eval_unseen_y, torch.long)
         second = data.has_second_view
+        if not second:
+            logger.warning("d2sc: %s has no second view (con_paco.mat): view c is the visual view x, so the C and "
+                           "VC results are x-based (results: second_view = 0)", data.name)
         self.train_c = t(data.train_c) if second else self.train_x
         self.eval_seen_c = t(data.eval_seen_c) if second else self.eval_seen_x
         self.eval_unseen_c = t(data.eval_unseen_c) if second else self.eval_unseen_x
@@ -682,6 +698,7 @@ class D2SC:
                 res = self._classify(view, x_hat, c_hat, y, gen)
                 out.update(res if i == 0 else {f"{k}_{view}": v for k, v in res.items()})
         out["stage"] = stage
+        out["second_view"] = float(self.data.has_second_view)  # 0: con_paco.mat absent, c fell back to x
         out["eval_seconds"] = time.perf_counter() - start
         return out
 
@@ -697,6 +714,7 @@ class D2SC:
             "perm_pos": self._perm_pos,
             "best_drg": copy.deepcopy(self.best_drg),
             "config": dict(self.cfg.__dict__),
+            "seed": self.seed,  # the evaluation streams derive from it
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -710,6 +728,7 @@ class D2SC:
         self._perm = state["perm"].to(self.device)
         self._perm_pos = int(state["perm_pos"])
         self.best_drg = copy.deepcopy(state["best_drg"])
+        self.seed = int(state.get("seed", self.seed))  # older checkpoints lack it: keep this run's
 
 
 def _acc(log: dict, **values: torch.Tensor) -> None:

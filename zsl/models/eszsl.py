@@ -81,6 +81,7 @@ class ESZSL(SingleStageEpochs):
     """ESZSL as a :class:`zsl.trainer.Trainer` (train_epoch / evaluate / state_dict)."""
 
     Config = Config
+    STAGE = "eszsl"  # the stage name train_epoch reports
 
     def __init__(self, config: dict, data: ZSLData, device="cpu", seed: int = 0) -> None:
         self.cfg = Config(**validate_config(Config, config, where="model 'eszsl'"))

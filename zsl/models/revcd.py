@@ -175,6 +175,7 @@ class RevCD(SingleStageEpochs):
     in full batches; ``evaluate()`` samples ŝ for every evaluation image in one batched chain."""
 
     Config = Config
+    STAGE = "diffusion"  # the stage name train_epoch reports
 
     def __init__(self, config: dict, data: ZSLData, device, seed: int):
         cfg = Config(**validate_config(Config, config, where="model 'revcd'"))
