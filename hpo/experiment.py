@@ -11,7 +11,9 @@ reported or resumed from its new place.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from hpo.trusted_state import default_key_file
 from hpo.spaces import Space, load_space, parse_space, read_space_doc
 from hpo.trainable import OBJECTIVES, SearchContext
 from zsl.models import base_dataset_name
-from zsl.run import CLASS_EMBEDDINGS, DataOptions
+from zsl.run import CLASS_EMBEDDINGS, MAX_SEED, DataOptions
 
 SEARCH_FILE = "search.json"
 STUDY_FILE = "optuna.db"
@@ -77,11 +79,19 @@ class SearchOptions:
 
 def check_options(opts: SearchOptions) -> None:
     """One-sentence UserErrors for values argparse cannot check."""
+    finite = lambda v: v is None or math.isfinite(v)  # noqa: E731
     checks = [
         (opts.num_samples >= 1, "--num-samples must be >= 1"),
         (opts.max_concurrent >= 1, "--max-concurrent must be >= 1"),
-        (opts.cpus_per_trial > 0, "--cpus-per-trial must be > 0"),
-        (opts.gpus_per_trial >= 0, "--gpus-per-trial must be >= 0 (fractions allowed)"),
+        (finite(opts.cpus_per_trial) and opts.cpus_per_trial > 0, "--cpus-per-trial must be a finite number > 0"),
+        (finite(opts.gpus_per_trial) and opts.gpus_per_trial >= 0,
+         "--gpus-per-trial must be a finite number >= 0 (fractions allowed)"),
+        (0 <= opts.seed <= MAX_SEED, f"--seed must be an integer from 0 to {MAX_SEED}"),
+        (0 <= opts.data_seed <= MAX_SEED, f"--data-seed must be an integer from 0 to {MAX_SEED}"),
+        (opts.max_failures >= 0, "--max-failures must be >= 0 (Ray's -1, retry forever, would never end a trial "
+                                 "that always fails)"),
+        (finite(opts.reduction_factor), "--reduction-factor must be a finite number"),
+        (finite(opts.time_budget), "--time-budget must be a finite number of seconds"),
         (opts.max_epochs is None or opts.max_epochs >= 1, "--max-epochs must be >= 1"),
         (opts.grace_period >= 1, "--grace-period must be >= 1"),
         (opts.reduction_factor > 1, "--reduction-factor must be > 1"),
@@ -97,6 +107,80 @@ def check_options(opts: SearchOptions) -> None:
     check_name(opts.experiment_name())
     class_embeddings(opts)
     DataOptions(split_percent=opts.split_percent, scaler_fit=opts.scaler_fit)
+    check_storage(opts)
+    check_optuna_storage(opts)
+    check_local_resources(opts)
+
+
+def check_local_resources(opts: SearchOptions) -> None:
+    """Without --address the search starts its own Ray on this machine: a trial asking for more CPUs or GPUs than
+    it has would wait forever, so refuse it."""
+    if opts.address:
+        return
+    cpus = os.cpu_count() or 1
+    if opts.cpus_per_trial > cpus:
+        raise UserError(f"--cpus-per-trial {opts.cpus_per_trial:g}: this machine has {cpus} CPUs and no --address names "
+                        f"a cluster, so no trial could start: use --cpus-per-trial {cpus} or less.")
+    if opts.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if opts.gpus_per_trial > max(gpus, 0) or gpus == 0:
+            raise UserError(f"--gpus-per-trial {opts.gpus_per_trial:g}: this machine has {gpus} GPU(s) visible to "
+                            "PyTorch and no --address names a cluster, so no trial could start: use --gpus-per-trial "
+                            "0 here, or --address to join a GPU cluster.")
+
+
+def check_address(opts: SearchOptions) -> None:
+    """--address HOST:PORT must have something listening (Ray would otherwise wait)."""
+    if not opts.address or opts.address in ("auto", "local") or "://" in opts.address:
+        return
+    import socket
+
+    host, _, port = opts.address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {opts.address!r} is not HOST:PORT (or auto): e.g. --address 10.0.0.5:6379.")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise UserError(f"--address {opts.address}: nothing answers there ({err.strerror or err}): start the cluster "
+                        "(ray up / ray start --head) or fix the address.") from None
+
+
+def check_storage(opts: SearchOptions) -> None:
+    """--storage-path: a folder that is (or can be made) writable, or a URI of a file system pyarrow knows."""
+    path = opts.storage_path
+    if is_remote(path):
+        import pyarrow.fs
+
+        try:
+            pyarrow.fs.FileSystem.from_uri(path)
+        except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, ValueError, OSError) as err:
+            raise UserError(f"--storage-path {path}: not a storage URI this machine can use ({str(err).splitlines()[0]}): "
+                            "use a local folder, file://, s3:// or gs://.") from None
+        return
+    folder = local_path(path)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"--storage-path {path}: {existing} is a file, not a folder: pass a folder.")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--storage-path {path}: {existing} is not writable here: pass a folder you can write.")
+
+
+def check_optuna_storage(opts: SearchOptions) -> None:
+    """--optuna-storage: an SQLAlchemy database URL (sqlite:///FILE in an existing folder, postgresql://...)."""
+    url = opts.optuna_storage
+    if url is None:
+        return
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme or not re.match(r"^[a-z][a-z0-9+]*$", scheme):
+        raise UserError(f"--optuna-storage {url!r} is not a database URL: use e.g. sqlite:///study.db or "
+                        "postgresql://user@host/db.")
+    if scheme == "sqlite":
+        file = rest[1:] if rest.startswith("/") else rest  # sqlite:///rel.db, sqlite:////abs/path.db
+        folder = Path(file).expanduser().parent
+        if file and not folder.is_dir():
+            raise UserError(f"--optuna-storage {url}: the folder {folder} does not exist: create it or pick another file.")
 
 
 def class_embeddings(opts: SearchOptions) -> dict:

@@ -200,7 +200,7 @@ def plot_importances(record: dict, path: Path) -> dict:
 
     study = optuna.load_study(study_name=record["study_name"], storage=record["study_url"])
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(completed) < 4:
+    if len(completed) < 4 or len({t.value for t in completed}) < 2:  # e.g. every trial scored 0: nothing to explain
         return {}
     try:
         importances = optuna.importance.get_param_importances(study)
@@ -303,6 +303,9 @@ def render(exp: Path, ctx: SearchContext, label: str, trials, top, per_dataset, 
         lines.append(f"| {i} | {t.name.split('_')[1]} | {t.outcome()} | {t.last['epoch']}/{t.last['epochs_total']} | "
                      f"{t.last['objective']:.2f} | {t.last['best_objective']:.2f} | "
                      + " | ".join(f"{t.last.get(f'{d}/H', float('nan')):.2f}" for d in ds) + " |")
+    if all(t.last.get("objective", 0.0) <= 0.0 for t in top):
+        lines += ["", "**No trial learned**: every ranked trial has objective 0 (H = 0 on some dataset), so this "
+                  "ranking, the best setting below and any importance carry no information.", ""]
     lines += ["", "Best shared setting (best_setting.yaml):", "", "```", yaml.safe_dump(top[0].config).strip(), "```", ""]
     lines += ["Best trial per dataset (validation H): " + ", ".join(f"{d}: {t.name.split('_')[1]}" for d, t in per_dataset.items()), ""]
     if importances:

@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except ConnectionError as err:  # --address auto with no cluster running, a cluster that went away
+        print(f"error: --address {args.get('address')}: cannot reach a Ray cluster ({str(err).splitlines()[0]}): "
+              "start it (ray up / ray start --head) or drop --address.", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted: continue with the same command plus --resume", file=sys.stderr)
         return 130

@@ -17,8 +17,8 @@ from ray import tune
 
 import hpo
 from hpo.storage import fetch_sidecar, is_remote, sync_callbacks
-from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, check_options, experiment_dir, prepare,
-                            read_search, sidecar_dir, storage_root, study_url)
+from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, check_address, check_options, experiment_dir,
+                            prepare, read_search, sidecar_dir, storage_root, study_url)
 from hpo.folder_guard import MARKER, FolderLock
 from hpo.ranking import is_finished, rank_key
 from hpo.reconcile import reconcile_snapshot
@@ -191,7 +191,10 @@ def print_end(summary: SearchSummary, opts: SearchOptions) -> None:
     print(f"\nsearch {ended} after {summary.wall_seconds:.0f} s: {summary.trials} trials, {summary.completed} completed, "
           f"{summary.stopped_early} stopped early by the scheduler, {summary.diverged} diverged (not retried), "
           f"{summary.errored} errored" + (f", {summary.interrupted} interrupted" if summary.interrupted else ""))
-    if summary.best_config is not None:
+    if summary.best_config is not None and summary.best_objective <= 0.0:
+        print("no trial learned: every finite objective is 0 (H = 0 on some dataset: no unseen class recognised); "
+              "the ranking means nothing -- check the space's ranges and the run profile before searching longer")
+    elif summary.best_config is not None:
         print(f"best trial ({opts.objective} H over datasets at its last epoch, validation protocol; "
               f"full runs rank first): {summary.best_objective:.2f}")
         print("best setting: " + json.dumps(summary.best_config, sort_keys=True))
@@ -206,6 +209,7 @@ def run_search(opts: SearchOptions) -> SearchSummary:
     """
     start = time.perf_counter()
     check_options(opts)
+    check_address(opts)
     with FolderLock(sidecar_dir(opts), f"experiment {experiment_dir(opts)}"):
         if opts.resume:
             if is_remote(experiment_dir(opts)):  # a new driver has only the bucket

@@ -100,11 +100,46 @@ def _ce_ce_transposed(d, f):
     scipy.io.savemat(str(d / "ce_ce.mat"), {"features": np.ones((7, n), dtype=np.float32)})
 
 
+def _complex_features(d, f):
+    _rewrite(d, f, "res101.mat", features=f["res101.mat"]["features"].astype(np.complex64))
+
+
+def _int8_features(d, f):
+    _rewrite(d, f, "res101.mat", features=(f["res101.mat"]["features"] * 100).astype(np.int8))
+
+
+def _constant_features(d, f):
+    _rewrite(d, f, "res101.mat", features=np.ones_like(f["res101.mat"]["features"]))
+
+
+def _duplicate_class_names(d, f):
+    names = f["att_splits.mat"]["allclasses_names"].copy()
+    names[1, 0] = names[0, 0]
+    _rewrite(d, f, "att_splits.mat", allclasses_names=names)
+
+
+def _class_without_images(d, f):
+    sem = f["att_splits.mat"]
+    names = np.concatenate([sem["allclasses_names"], np.array([["ghost"]], dtype=object)])
+    _rewrite(d, f, "att_splits.mat", allclasses_names=names, att=np.hstack([sem["att"], sem["att"][:, :1]]),
+             original_att=np.hstack([sem["original_att"], sem["original_att"][:, :1]]))
+
+
+def _val_overlapping_train(d, f):
+    _rewrite(d, f, "att_splits.mat", val_loc=np.concatenate([_loc(f, "val_loc"), _loc(f, "train_loc")[:1]]))
+
+
 def _intact(d, f):
     pass
 
 
 CASES = {
+    "complex features": (_complex_features, [], "holds complex numbers"),
+    "int8 features": (_int8_features, [], "holds integers (int8)"),
+    "constant features": (_constant_features, [], "the same for every image (constant)"),
+    "duplicate class names": (_duplicate_class_names, [], "lists class 'class0' twice"),
+    "class without images": (_class_without_images, [], "('ghost') of att_splits.mat has no image"),
+    "val_loc overlapping train_loc": (_val_overlapping_train, [], "train_loc and val_loc share class"),
     "data root missing": (_intact, ["--data-root", "{root}/nowhere"], "does not exist"),
     "unknown dataset": (_intact, ["--dataset", "AWA3"], "/AWA3: datasets under"),
     "dataset not a folder name": (_intact, ["--dataset", "../AWA2"], "is not a folder name"),

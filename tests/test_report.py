@@ -7,3 +7,34 @@ def test_report_on_a_folder_that_is_no_experiment_exits_2(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is not a zsl-hpo experiment directory" in err and len(err.strip().splitlines()) == 1
+
+
+def _trial(name: str, objective: float, status: str = "TERMINATED", error_file: bool = False, epoch: int = 3):
+    from hpo.report import TrialRecord
+
+    row = {"epoch": epoch, "epochs_total": 3, "objective": objective, "best_objective": objective, "sim-AWA2/H": objective}
+    return TrialRecord(name, {"gamma": objective}, [row], status, error_file)
+
+
+def test_outcomes_come_from_rays_record_not_from_error_files():
+    from hpo.report import leaderboard
+
+    recovered = _trial("trainable_a_1", 30.9, error_file=True)  # crashed once, restored, finished
+    failed = _trial("trainable_b_2", 40.0, status="ERROR", error_file=True, epoch=1)
+    stopped = _trial("trainable_c_3", 50.0, epoch=1)
+    cut = _trial("trainable_d_4", 60.0, status="RUNNING", epoch=2)
+    assert [t.outcome() for t in (recovered, failed, stopped, cut)] == ["completed", "errored", "stopped early",
+                                                                         "interrupted"]
+    assert leaderboard([failed, stopped, recovered, cut], ["sim-AWA2"], 4)[0] is recovered  # full runs first
+
+
+def test_a_search_where_no_trial_learned_says_so():
+    from pathlib import Path
+
+    from hpo.report import render
+    from hpo.trainable import SearchContext
+
+    trials = [_trial(f"trainable_{i}_{i}", 0.0) for i in range(3)]
+    ctx = SearchContext(model="revcd", preset="small", datasets=["sim-AWA2"])
+    text = render(Path("exp"), ctx, "simulated data", trials, trials, {}, {}, {})
+    assert "**No trial learned**" in text

@@ -19,6 +19,8 @@ from zsl.models import get_model, make_config, validate_config
 CLASS_EMBEDDINGS = ("att", "original_att", "sent")
 SPLIT_PERCENTS = (100, 30, 10)
 SCALER_FITS = ("train_rows", "full_trainval")
+MAX_SEED = 2**32 - 1  # numpy's generators take seeds below 2**32
+MAX_EPOCHS = 100_000  # a sanity bound: a larger count is a typo (e.g. --set epochs=1e30), not a plan
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class RunSpec:
     config: dict               # resolved hyperparameters, epoch budget applied
     data: DataOptions = field(default_factory=DataOptions)
 
+    def __post_init__(self) -> None:
+        for flag, value in (("--seed", self.seed), ("--data-seed", self.data_seed)):
+            if not 0 <= value <= MAX_SEED:
+                raise UserError(f"{flag} must be an integer from 0 to {MAX_SEED}, got {value}.")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -77,6 +84,9 @@ def resolve_config(model: str, preset: str | None, dataset: str, overrides: dict
         config = validate_config(cls.Config, cls.with_epochs(dict(config), epochs), where=f"model '{model}'")
     if max_epochs is not None and cls.epochs_in(config) > max_epochs:
         config = validate_config(cls.Config, cls.with_epochs(dict(config), max_epochs), where=f"model '{model}'")
+    if cls.epochs_in(config) > MAX_EPOCHS:
+        raise UserError(f"model '{model}' would train {cls.epochs_in(config)} epochs, more than any run can finish "
+                        f"(limit {MAX_EPOCHS}): fix the epoch setting (--epochs, --set, the preset or the space).")
     return config
 
 

@@ -98,6 +98,10 @@ def read_xlsa17(
             f"expected for {dataset}: use the original xlsa17 file for this dataset."
         )
     _check_labels(labels, len(names), folder / "res101.mat")
+    empty = np.flatnonzero(np.bincount(labels, minlength=len(names)) == 0)
+    if empty.size:
+        raise UserError(f"{folder / 'res101.mat'}: class {empty[0] + 1} ('{names[empty[0]]}') of {sem_path.name} has no "
+                        f"image ({empty.size} such classes): drop their columns from {sem_path.name} or add their images.")
     present = [name for name in LOC_FIELDS if name not in VALIDATION_FIELDS or name in sem]
     locs = {name: _indices(get_field(sem, name, sem_path), sem_path, name, n) for name in present}
     _check_splits(locs, labels, sem_path)
@@ -157,6 +161,11 @@ def _read_row_view(path: Path, n: int) -> np.ndarray:
 def _matrix(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number) or min(arr.shape) == 0:
         raise UserError(f"{path}: 'features' must be a non-empty numeric 2-D matrix, got shape {arr.shape}: use the original file.")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise UserError(f"{path}: 'features' holds complex numbers ({arr.dtype}): save the real-valued features.")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise UserError(f"{path}: 'features' holds integers ({arr.dtype}), not CNN features (quantised or label "
+                        "data?): save the floating-point features.")
     return arr
 
 
@@ -168,6 +177,8 @@ def _finite(feats: np.ndarray, path: Path) -> np.ndarray:
             f"{path}: 'features' contains {int(bad.sum())} NaN/inf values (first in image {row + 1}): "
             f"re-extract the features for those images."
         )
+    if feats.shape[0] > 1 and np.all(feats.max(axis=0) == feats.min(axis=0)):
+        raise UserError(f"{path}: 'features' are the same for every image (constant): re-extract the features.")
     return feats
 
 
@@ -203,7 +214,17 @@ def _indices(arr: np.ndarray, path: Path, name: str, n: int, universe: str = "im
 
 def _class_names(sem: dict, path: Path) -> list[str]:
     raw = get_field(sem, "allclasses_names", path).reshape(-1)
-    return [str(np.asarray(item).reshape(-1)[0]) if np.asarray(item).size else "" for item in raw]
+    names = [str(np.asarray(item).reshape(-1)[0]) if np.asarray(item).size else "" for item in raw]
+    seen, dup = set(), None
+    for name in names:
+        if name in seen and name:
+            dup = name
+            break
+        seen.add(name)
+    if dup is not None:
+        raise UserError(f"{path}: 'allclasses_names' lists class '{dup}' twice: each class needs one column; use the "
+                        "original xlsa17 file.")
+    return names
 
 
 def _class_embedding(sem: dict, path: Path, kind: str, k: int) -> np.ndarray:
@@ -251,6 +272,11 @@ def _check_splits(locs: dict[str, np.ndarray], labels: np.ndarray, path: Path) -
             f"{path}: {common.size} classes (first: class {common[0] + 1}) appear both in trainval_loc (seen) and "
             f"test_unseen_loc (unseen): use the split file that belongs to this res101.mat."
         )
+    if "train_loc" in locs and "val_loc" in locs:
+        both = np.intersect1d(np.unique(labels[locs["train_loc"]]), np.unique(labels[locs["val_loc"]]))
+        if both.size:
+            raise UserError(f"{path}: train_loc and val_loc share class {both[0] + 1} ({both.size} in all), but the "
+                            "validation protocol holds val classes out as unseen: use the original split file.")
     stray = np.setdiff1d(np.unique(labels[locs["test_seen_loc"]]), seen)
     if stray.size:
         raise UserError(f"{path}: test_seen_loc holds images of class {stray[0] + 1}, which has no trainval image: use the original split file.")

@@ -1,0 +1,85 @@
+"""Bad search and run flags: one sentence naming the flag and the fix, exit 2, nothing written, no wait forever.
+
+Each case runs the real CLI entry point in-process (they fail before Ray starts) with a fresh storage folder.
+"""
+
+import socket
+
+import pytest
+
+from hpo.search import main as search_main
+from zsl.train import main as train_main
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+SEARCH_CASES = {  # name: (flags, expected part of the one sentence)
+    "negative seed": (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
+    "seed beyond 2**32": (["--seed", str(2**70)], "--seed must be an integer from 0 to"),
+    "negative data seed": (["--data-seed", "-1"], "--data-seed must be an integer from 0 to"),
+    "infinite CPUs": (["--cpus-per-trial", "inf"], "--cpus-per-trial must be a finite number > 0"),
+    "more CPUs than here": (["--cpus-per-trial", "4096"], "this machine has"),
+    "GPU share without a GPU": (["--gpus-per-trial", "0.5"], "GPU(s) visible to PyTorch and no --address"),
+    "NaN GPUs": (["--gpus-per-trial", "nan"], "--gpus-per-trial must be a finite number >= 0"),
+    "retry forever": (["--max-failures", "-1"], "--max-failures must be >= 0"),
+    "infinite time budget": (["--time-budget", "inf"], "--time-budget must be a finite number"),
+    "NaN reduction factor": (["--reduction-factor", "nan"], "--reduction-factor must be a finite number"),
+    "zero max epochs": (["--max-epochs", "0"], "--max-epochs must be >= 1"),
+    "optuna storage not a URL": (["--optuna-storage", "notaurl"], "is not a database URL"),
+    "optuna sqlite in a missing folder": (["--optuna-storage", "sqlite:///{tmp}/missing/study.db"],
+                                          "missing does not exist"),
+    "storage path is a file": (["--storage-path", "{tmp}/afile"], "is a file, not a folder"),
+    "storage path below a file": (["--storage-path", "{tmp}/afile/results"], "is a file, not a folder"),
+    "unknown storage scheme": (["--storage-path", "bogus://x/y"], "not a storage URI this machine can use"),
+    "nothing at the address": (["--address", "127.0.0.1:{port}"], "nothing answers there"),
+    "address not host:port": (["--address", "nowhere"], "is not HOST:PORT"),
+    "name with a slash": (["--name", "a/b"], "is not a plain experiment name"),
+    "bad class embedding": (["--class-embedding", "w2v"], "the embedding must be one of"),
+    "class embedding for a dataset not searched": (["--class-embedding", "att,FLO:sent"],
+                                                   "FLO is not one of this search's datasets"),
+    "resume and force": (["--resume", "--force"], "--resume and --force exclude each other"),
+    "bad split percent": (["--split-percent", "50"], "invalid choice"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEARCH_CASES))
+def test_bad_search_flags(case, tmp_path, capsys):
+    flags, expected = SEARCH_CASES[case]
+    (tmp_path / "afile").write_text("not a folder")
+    storage = tmp_path / "results"
+    args = ["--space", "eszsl", "--storage-path", str(storage), "--verbose", "0"]
+    args += [f.format(tmp=tmp_path, port=_closed_port()) for f in flags]
+    try:
+        code = search_main(args)
+    except SystemExit as exit_:  # argparse's own checks (ours print one sentence and exit 2 too)
+        code = exit_.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert expected in lines[0], lines[0]
+    assert not storage.exists() and not (tmp_path / "missing").exists()  # nothing written
+
+
+TRAIN_CASES = {
+    "epochs beyond any run": (["--set", "epochs=1e30"], "more than any run can finish"),
+    "epochs flag beyond any run": (["--epochs", "10000000"], "more than any run can finish"),
+    "negative seed": (["--seed", "-1"], "--seed must be an integer from 0 to"),
+    "data seed beyond 2**32": (["--data-seed", str(2**40)], "--data-seed must be an integer from 0 to"),
+    "unknown data option in --config": (["--config", "{tmp}/bad.yaml"], "unknown data option 'views'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_bad_train_flags(case, tmp_path, capsys):
+    flags, expected = TRAIN_CASES[case]
+    (tmp_path / "bad.yaml").write_text("data: {views: 2}\n")
+    out = tmp_path / "run"
+    code = train_main(["--model", "eszsl", "--dataset", "sim-AWA2", "--out", str(out),
+                       *[f.format(tmp=tmp_path) for f in flags]])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert expected in err and not out.exists()
