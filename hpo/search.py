@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--searcher", choices=["tpe", "random"], default=d.searcher)
     p.add_argument("--optuna-storage", help="Optuna RDB URL (default: sqlite optuna.db inside the experiment dir)")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a failed trial from its checkpoint")
-    p.add_argument("--verbose", type=int, default=d.verbose, choices=[0, 1, 2, 3])
+    p.add_argument("--verbose", type=int, default=d.verbose, choices=[0, 1, 2, 3],
+                   help="0 quiet; 1 one line per ended trial (default); 2 and 3 add Ray's status tables")
     p.add_argument("--state-key", default=d.state_key,
                    help="the key file that signs Ray's saved state (default %(default)s; made on the first search; "
                         "--resume needs the same file: see cluster/README.md, 'Trust')")

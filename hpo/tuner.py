@@ -20,6 +20,7 @@ from hpo.storage import fetch_sidecar, is_remote, sync_callbacks
 from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, check_address, check_options, experiment_dir,
                             prepare, read_search, sidecar_dir, storage_root, study_url)
 from hpo.folder_guard import MARKER, FolderLock
+from hpo.progress import ProgressLines
 from hpo.ranking import is_finished, rank_key
 from hpo.reconcile import reconcile_snapshot
 from hpo.searcher import METRIC, MODE, PruningOptunaSearch, make_scheduler, make_search_alg
@@ -73,10 +74,13 @@ def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path, record: dict) -> 
     fn = tune.with_resources(tune.with_parameters(trainable, context=ctx.to_dict()), trial_resources(opts, ctx))
     path, url = experiment_dir(opts), study_url(record, sidecar)
     callbacks = [*sync_callbacks(path, sidecar, SIDECAR_FILES), SignedSnapshot(opts.state_key, record["experiment_id"])]
+    if opts.verbose >= 1:
+        callbacks.append(ProgressLines(ctx.datasets, opts.num_samples))
     if opts.resume:
         tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True)
         internal = tuner._local_tuner  # Ray keeps the first run's callbacks and searcher (tuner.pkl): refresh them
         internal.get_run_config().callbacks = callbacks
+        internal.get_run_config().verbose = ray_verbosity(opts.verbose)
         optuna_searcher(internal._tune_config.search_alg).study_url = url
         return tuner
     key = load_key(opts.state_key, create=True)
@@ -90,7 +94,7 @@ def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path, record: dict) -> 
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=search_alg, scheduler=scheduler,
                                     num_samples=opts.num_samples, time_budget_s=opts.time_budget, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=opts.experiment_name(), storage_path=storage_root(opts), verbose=opts.verbose,
+            name=opts.experiment_name(), storage_path=storage_root(opts), verbose=ray_verbosity(opts.verbose),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
@@ -119,6 +123,11 @@ def prepare_resume(opts: SearchOptions, sidecar: Path, record: dict) -> None:
     change = reconcile_snapshot(path, study)
     if change and opts.verbose:
         print(f"resume: searcher state matched to the trials Ray restores: {change.describe()}")
+
+
+def ray_verbosity(verbose: int) -> int:
+    """Ray's own output for our --verbose: 0 and 1 none (1 prints hpo.progress lines), 2 Ray's status table, 3 more."""
+    return max(0, verbose - 1)
 
 
 def optuna_searcher(search_alg) -> PruningOptunaSearch:
@@ -228,7 +237,7 @@ def run_search(opts: SearchOptions) -> SearchSummary:
         tuner = make_tuner(opts, space, ctx, sidecar, record)
         for sync in syncs:
             sync.upload()  # the study too, before any trial runs
-        with _without_ray_resume_advice() as advice:  # ours is printed instead (hpo/search.py)
+        with _without_ray_resume_advice() as advice, _ray_output(opts.verbose):  # ours is printed instead
             results = tuner.fit()
     summary = summarise(results, experiment_dir(opts), time.perf_counter() - start, advice.interrupted)
     if opts.verbose:
@@ -253,12 +262,49 @@ class _DropResumeAdvice(logging.Filter):
 
 @contextlib.contextmanager
 def _without_ray_resume_advice():
+    """Drops Ray's resume advice and records whether the run was interrupted: from the advice, or from the event
+    Ray's SIGINT handler sets (ray.tune.tune._setup_signal_catching, wrapped for the block; Ray 2.60)."""
+    import ray.tune.tune as ray_tune_run
+
     ray_logger, drop = logging.getLogger("ray.tune.tune"), _DropResumeAdvice()
+    setup, events = ray_tune_run._setup_signal_catching, []
+
+    def catching():
+        events.append(setup())
+        return events[-1]
+
     ray_logger.addFilter(drop)
+    ray_tune_run._setup_signal_catching = catching
     try:
         yield drop
     finally:
+        ray_tune_run._setup_signal_catching = setup
         ray_logger.removeFilter(drop)
+        drop.interrupted = drop.interrupted or any(event.is_set() for event in events)
+
+
+@contextlib.contextmanager
+def environment(values: dict):
+    """Set the environment variables ``values`` for the duration of the block, then restore the previous ones."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _ray_output(verbose: int):
+    """Below --verbose 2, Ray's output engine stays off: its start banner names a second TensorBoard folder (the
+    driver's staging copy), its tables show one dataset, and it warns at every checkpoint of a fast trial;
+    hpo.progress prints the lines instead."""
+    quiet = {"RAY_AIR_NEW_OUTPUT": "0",  # Ray's legacy engine, at verbosity 0: silent
+             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}  # a warning per epoch checkpoint
+    return environment(quiet if verbose < 2 else {})
 
 
 def resumed_options(opts: SearchOptions) -> SearchOptions:

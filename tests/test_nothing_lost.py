@@ -385,3 +385,22 @@ def test_a_full_disk_is_named_and_the_search_resumes(ray_session, tmp_path, caps
     record = read_search(tmp_path / "full")
     study = optuna.load_study(study_name=record["study_name"], storage=study_url(record, tmp_path / "full"))
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) >= 3
+
+
+def test_progress_lines_name_outcomes_and_best_never_goes_down(ray_session, tmp_path, capsys):
+    """Default verbosity: one line per ended trial with the objective and each dataset's H, ASHA's stops named as
+    such, a best-so-far that never decreases, and no Ray table or second TensorBoard hint."""
+    import re
+
+    opts = _opts(tmp_path, "talk", num_samples=5, max_concurrent=2, scheduler="asha", grace_period=1,
+                 reduction_factor=2, verbose=1, space_text=eszsl_space(epochs=4, steps=2))
+    summary = run_search(opts)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if re.match(r"^\[\d+/5\] trial ", line)]
+    assert len(lines) == summary.trials == 5
+    assert sum("stopped early by the scheduler" in line for line in lines) == summary.stopped_early
+    assert all("sim-AWA2 H " in line for line in lines)
+    bests = [float(re.search(r"best so far ([\d.]+)", line).group(1)) for line in lines]
+    assert bests == sorted(bests)
+    assert "tensorboard --logdir /tmp/ray" not in out and "Trial status" not in out
+    assert f"tensorboard: tensorboard --logdir {summary.experiment_dir}" in out

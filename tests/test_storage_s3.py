@@ -25,6 +25,7 @@ from ray import cloudpickle, tune
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo import storage
+from hpo.tuner import environment
 
 BUCKET = "zsl-hpo-test"
 STORAGE = f"s3://{BUCKET}/experiments"
@@ -56,19 +57,13 @@ def s3_server(bucket: str):
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=bucket)
-        yield client
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
+    with environment(env):
+        try:
+            client = boto3.client("s3")
+            client.create_bucket(Bucket=bucket)
+            yield client
+        finally:
+            server.stop()
 
 
 def bucket_keys(client, bucket: str) -> list[str]:
