@@ -24,6 +24,7 @@ from hpo.spaces import DefineByRun, Space, published_point
 
 logger = logging.getLogger(__name__)
 METRIC, MODE = "objective", "max"
+STUDY_METRIC = "objective: H over datasets (validation, last scoring epoch)"  # the study's metric name
 EPOCH_ATTR = "epoch"
 
 
@@ -41,6 +42,13 @@ def final_state(result: dict | None, error: bool) -> TrialState:
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def per_dataset_scores(result: dict | None) -> dict:
+    """Each dataset's scoring-stage S/U/H/ZSL of a trial's last result (no prefix stage, no losses)."""
+    keys = ("S", "U", "H", "ZSL")
+    return {k: float(v) for k, v in (result or {}).items()
+            if k.count("/") == 1 and k.rsplit("/", 1)[1] in keys and _finite(v)}
 
 
 class PruningOptunaSearch(OptunaSearch):
@@ -122,6 +130,8 @@ class PruningOptunaSearch(OptunaSearch):
         elif told.state.is_finished():  # told before a driver crash (the searcher snapshot is older)
             logger.info("Optuna already holds the end of trial %s (%s)", trial_id, told.state.name)
         else:
+            for key, value in per_dataset_scores(result).items():  # shown per trial in optuna-dashboard
+                ot_trial.set_user_attr(key, value)
             self._ot_study.tell(ot_trial, result[METRIC] if state == TrialState.COMPLETE else None, state=state)
         self._completed_trials.add(trial_id)
 
@@ -156,6 +166,9 @@ def make_search_alg(space: Space, *, searcher: str, seed: int, num_samples: int,
         points_to_evaluate=[published] if published else None,
         sampler=make_sampler(searcher, seed, num_samples), study_name=study_name, storage=storage,
     )
+    with warnings.catch_warnings():  # set_metric_names is marked experimental by Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        search._ot_study.set_metric_names([STUDY_METRIC])
     return ConcurrencyLimiter(search, max_concurrent=max_concurrent)
 
 

@@ -87,6 +87,10 @@ def test_asha_stops_trials_and_optuna_records_them_pruned(search):
     for t in failed:
         assert t.params["steps_per_epoch"] == 0
     assert study.trials[0].params == {"gamma": 1.0, "lam": 0.1, "steps_per_epoch": 5}  # published first
+    assert study.metric_names == ["objective: H over datasets (validation, last scoring epoch)"]
+    for t in pruned + complete:  # each dataset's last scores, for optuna-dashboard
+        assert {f"{d}/{k}" for d in DATASETS for k in ("S", "U", "H", "ZSL")} <= set(t.user_attrs)
+        assert sum(t.user_attrs[f"{d}/H"] for d in DATASETS) / len(DATASETS) == pytest.approx(t.value)
 
 
 def test_reports_per_dataset_scores_and_best_so_far(search):
