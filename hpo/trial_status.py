@@ -13,7 +13,8 @@ import fnmatch
 import json
 from pathlib import Path
 
-from hpo.trusted_state import RAY_STATE_PATTERNS, SNAPSHOT_FILE
+from hpo.storage import files_in, filesystem
+from hpo.trusted_state import RAY_STATE_PATTERNS, SNAPSHOT_FILE, read_bytes
 
 
 def trial_statuses(raw: bytes | str) -> dict[str, str]:
@@ -26,15 +27,17 @@ def trial_statuses(raw: bytes | str) -> dict[str, str]:
     return statuses
 
 
-def ray_trial_status(exp: Path) -> dict[str, str]:
-    """Trial id -> Ray's status for the experiment folder ``exp``; {} when no readable trial list exists.
+def ray_trial_status(experiment_dir: str | Path) -> dict[str, str]:
+    """Trial id -> Ray's status for ``experiment_dir`` (a folder or URI); {} when no readable trial list exists.
 
     Reads the newest trial list Ray wrote; when that one is damaged (a kill or a full disk while it was
     copied), the copy in the signed snapshot.
     """
-    candidates = sorted(fnmatch.filter([p.name for p in exp.glob("experiment_state-*.json")], RAY_STATE_PATTERNS[0]))
-    sources = [(exp / name).read_bytes for name in reversed(candidates)] + [lambda: _from_snapshot(exp)]
-    for read in sources:
+    fs, root = filesystem(str(experiment_dir))
+    root = root.rstrip("/")
+    names = sorted(fnmatch.filter(files_in(str(experiment_dir)), RAY_STATE_PATTERNS[0]), reverse=True)
+    sources = [lambda n=name: read_bytes(fs, f"{root}/{n}") for name in names]
+    for read in sources + [lambda: _from_snapshot(read_bytes(fs, f"{root}/{SNAPSHOT_FILE}"))]:
         try:
             raw = read()
             if raw:
@@ -44,22 +47,10 @@ def ray_trial_status(exp: Path) -> dict[str, str]:
     return {}
 
 
-def saved_statuses(experiment_dir: str) -> dict[str, str]:
-    """Trial id -> status in the newest trial list Ray saved in ``experiment_dir`` (a folder or URI); {} if none."""
-    from hpo.storage import files_in, filesystem
-
-    fs, root = filesystem(experiment_dir)
-    names = fnmatch.filter(files_in(experiment_dir), RAY_STATE_PATTERNS[0])
-    if not names:
-        return {}
-    try:
-        with fs.open_input_stream(f"{root.rstrip('/')}/{max(names)}") as stream:
-            return trial_statuses(stream.readall())
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return {}
-
-
-def _from_snapshot(exp: Path) -> bytes | None:
-    files = json.loads((exp / SNAPSHOT_FILE).read_text())["files"]
+def _from_snapshot(raw: bytes | None) -> bytes | None:
+    """The newest trial list held in a signed snapshot's content (None without one)."""
+    if raw is None:
+        return None
+    files = json.loads(raw)["files"]
     names = fnmatch.filter(files, RAY_STATE_PATTERNS[0])
     return base64.b64decode(files[max(names)]) if names else None

@@ -25,7 +25,7 @@ from hpo.ranking import is_finished, rank_key
 from hpo.reconcile import reconcile_snapshot
 from hpo.searcher import METRIC, MODE, PruningOptunaSearch, make_scheduler, make_search_alg
 from hpo.trainable import trainable
-from hpo.trial_status import saved_statuses
+from hpo.trial_status import ray_trial_status
 from hpo.trusted_state import SignedSnapshot, load_key, restore_signed_state, sign_tuner
 
 SIDECAR_FILES = (SEARCH_FILE, STUDY_FILE, MARKER)  # driver-side files copied to a remote experiment dir
@@ -160,7 +160,7 @@ def summarise(results, exp_dir: str, wall: float, was_interrupted: bool = False)
     """
     completed = stopped = errored = diverged = interrupted = 0
     best_key, best, best_config = None, None, None
-    saved = saved_statuses(exp_dir) if was_interrupted else {}
+    saved = ray_trial_status(exp_dir) if was_interrupted else {}
     statuses = [saved.get(trial.trial_id, trial.status) for trial in results._experiment_analysis.trials]
     for result, status in zip(results, statuses):
         metrics = result.metrics or {}
