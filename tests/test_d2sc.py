@@ -36,7 +36,7 @@ def test_real_dimensions_one_epoch_each_stage(name, A, dim_t):
         out = m.train_epoch()
         assert all(torch.isfinite(torch.tensor(v)) for k, v in out.items() if k != "stage")
     assert out["stage"] == "DFG" and m.epoch == m.epochs_total == 2
-    x, c, y = m.synthesize_features(torch.as_tensor(data.unseen_classes), 3, torch.Generator().manual_seed(0))
+    x, c, y = m.synthesize_features(torch.as_tensor(data.unseen_classes), 3, seed=0)
     assert x.shape == (6, 2048) and c.shape == (6, 2048) and y.tolist() == [4, 4, 4, 5, 5, 5]
 
 
@@ -124,16 +124,55 @@ def test_drg_critic_step_leaves_generator_unchanged():
     assert not c0_hat.requires_grad and _same(g_c, _params(m, "G_c"))
 
 
-def test_synthesis_is_vectorised_one_call_and_in_unit_interval():
+def test_synthesis_shapes_unit_interval_and_progressive_differs():
     m = _model()
     m.train_epoch()
     classes = torch.tensor([7, 9])
-    g = torch.Generator().manual_seed(1)
-    x, c, y = m.synthesize_features(classes, 5, g)
+    x, c, y = m.synthesize_features(classes, 5, seed=1)
     assert x.shape == (10, 32) and c.shape == (10, 24) and y.tolist() == [7] * 5 + [9] * 5
     assert torch.all((x > 0) & (x < 1))
-    xp, _, _ = m.synthesize_features(classes, 5, torch.Generator().manual_seed(1), progressive=True)
+    xp, _, _ = m.synthesize_features(classes, 5, seed=1, progressive=True)
     assert xp.shape == x.shape and not torch.allclose(xp, x)
+    x2, _, _ = m.synthesize_features(classes, 5, seed=2)
+    assert not torch.allclose(x2, x)
+
+
+def test_progressive_synthesis_is_the_posterior_chain():
+    """The chunked path equals the plain T-step chain written out by hand from the same noise."""
+    from zsl.diffusion import sample_posterior
+    from zsl.synthesis import block_seed
+    m = _model(n_steps=3)
+    m.train_epoch()
+    x, c, _ = m.synthesize_features(torch.tensor([7]), 4, seed=5, progressive=True)
+    g = torch.Generator().manual_seed(block_seed(5, 7, 0))
+    z_c, c_in, z, xt, *chain = (torch.randn(4, d, generator=g) for d in (m.Z, 24, m.Z, 32, 32, 32))
+    y = torch.full((4,), 7)
+    with torch.no_grad():
+        c_ref = m.nets["G_c"](z_c, c_in, m.emb[y], torch.full((4,), 2))
+        for t, noise in zip((2, 1, 0), (*chain, None)):
+            x0 = m.nets["G_x"](z, m.emb[y], c_ref, xt, torch.full((4,), t))
+            if noise is not None:
+                xt = sample_posterior(m.sched, x0, xt, torch.full((4,), t), noise)
+    torch.testing.assert_close(c, c_ref)
+    torch.testing.assert_close(x, x0)
+
+
+@pytest.mark.parametrize("view", ["V", "VC"])
+def test_evaluation_does_not_depend_on_the_synthesis_chunk(view):
+    """Memory-bounded evaluation: chunks of 1,100 or 2,500 rows give the metrics of one whole-set call
+    (blocks of BLOCK_ROWS rows per class draw their own noise; 3 classes x 1,100 rows = 2 blocks each)."""
+    data = toy_data()
+    metrics = []
+    for chunk in (1100, 2500, 10**6):
+        m = _model(data, syn_num=1100, syn_num_drg=1100, synthesis_chunk=chunk, eval_views=[view],
+                   classifier_epochs=2)
+        m.train_epoch(), m.train_epoch(), m.train_epoch()
+        rows, y = m.synthesize_view(view, m.unseen, 1100, seed=3)
+        metrics.append((m.evaluate(), rows))
+    (ref, ref_rows), others = metrics[-1], metrics[:-1]
+    for out, rows in others:
+        torch.testing.assert_close(rows, ref_rows, rtol=0, atol=1e-6)
+        assert {k: out[k] for k in ("S", "U", "H", "ZSL")} == {k: ref[k] for k in ("S", "U", "H", "ZSL")}
 
 
 def test_adaptive_lambda_moves_and_is_off_when_disabled():
@@ -232,3 +271,57 @@ def test_with_epochs_splits_between_stages():
     assert D2SC.with_epochs({"drg_epochs": 300, "dfg_epochs": 300}, 10) == {"drg_epochs": 5, "dfg_epochs": 5}
     assert D2SC.with_epochs({"drg_epochs": 1, "dfg_epochs": 9}, 4) == {"drg_epochs": 1, "dfg_epochs": 3}
     assert D2SC.with_epochs({}, 1) == {"drg_epochs": 1, "dfg_epochs": 0}
+
+
+def test_published_point_is_the_reference_method():
+    """The space's first trial on AWA2 = the reference preset (the scripts' behaviour) up to the unit
+    gamma_vae is expressed in, which gives the same weight under the reference's per-element mean."""
+    from hpo.spaces import load_space
+    space = load_space("d2sc")
+    fixed = {p.name: p.value for p in space.params if p.kind == "fixed"}
+    published = make_config("d2sc", "paper", "AWA2", {**space.published, **fixed})
+    reference = make_config("d2sc", "reference", "AWA2")
+    assert {k for k in published if published[k] != reference[k]} == {"vae_weight_unit"}
+    sizes = {k: TINY[k] for k in ("noise_dim", "gen_hidden", "ngh", "ndh")}
+    weights = [D2SC({**cfg, **sizes}, toy_data(), "cpu", 0).vae_weight for cfg in (published, reference)]
+    assert weights[0] == weights[1] == 1.0
+
+
+@pytest.mark.parametrize("recon,unit,expected", [("mean", "loss", 3.0), ("sum", "loss", 3.0),
+                                                 ("mean", "per_dim", 3.0), ("sum", "per_dim", 3.0 / 32),
+                                                 ("bce_sum", "per_dim", 3.0 / 32)])
+def test_vae_weight_per_element(recon, unit, expected):
+    """per_dim: gamma_vae weighs one element's error; the summed reductions add R = 32 of them."""
+    assert _model(vae_recon=recon, vae_weight_unit=unit, gamma_vae=3.0).vae_weight == pytest.approx(expected)
+
+
+def test_syn_num_ratio_scales_with_real_images_per_seen_class():
+    data = toy_data()  # 7 seen classes x 30 training rows
+    assert _model(data).syn_num == 10
+    assert _model(data, syn_num_ratio=2.0).syn_num == 60
+    with pytest.raises(UserError, match="syn_num_ratio"):
+        _model(data, syn_num_ratio=-1.0)
+
+
+def test_classifier_batch_zero_means_syn_num():
+    """The reference's classifier batch (= syn_num) is classifier_batch 0, whatever syn_num is."""
+    data = toy_data()
+    outs = []
+    for batch in (0, 10, 512):
+        m = _model(data, classifier_batch=batch, classifier_epochs=3)
+        m.train_epoch(), m.train_epoch(), m.train_epoch()
+        outs.append({k: m.evaluate()[k] for k in ("S", "U", "H", "ZSL")})
+    assert outs[0] == outs[1] != outs[2]
+
+
+def test_half_precision_store_keeps_rows_close_and_classifiers_in_float32():
+    m = _model(synthesis_store="float16")
+    m.train_epoch(), m.train_epoch(), m.train_epoch()
+    rows, _ = m.synthesize_view("V", m.unseen, 10, seed=3)
+    ref = _model(synthesis_store="float32")
+    ref.train_epoch(), ref.train_epoch(), ref.train_epoch()
+    rows32, _ = ref.synthesize_view("V", ref.unseen, 10, seed=3)
+    assert rows.dtype == torch.float16 and rows32.dtype == torch.float32
+    torch.testing.assert_close(rows.float(), rows32, rtol=0, atol=1e-3)
+    out = m.evaluate()
+    assert all(0.0 <= out[k] <= 100.0 for k in ("S", "U", "H", "ZSL"))

@@ -95,3 +95,14 @@ def test_adapt_gp_weight_rules():
     assert losses.adapt_gp_weight(lam, torch.tensor(1.2)).item() == pytest.approx(11.0)
     assert losses.adapt_gp_weight(lam, torch.tensor(0.5)).item() == pytest.approx(10 / 1.1)
     assert losses.adapt_gp_weight(lam, torch.tensor(1.02)).item() == pytest.approx(10.0)
+
+
+def test_vae_loss_bce_sum_is_zerodiffs_term_and_recon_elements():
+    from zsl.losses import recon_elements, vae_loss
+    x_hat = torch.tensor([[0.25, 0.5], [0.75, 0.5]])
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)  # KL 0
+    bce = -(math.log(0.75) + math.log(0.5) + math.log(0.75) + math.log(0.5)) / 2  # summed over dims, / B
+    assert vae_loss(x_hat, x, mu, logvar, "bce_sum").item() == pytest.approx(bce, rel=1e-6)
+    assert vae_loss(x_hat, x, mu, logvar, "mean").item() == pytest.approx((0.0625 + 0.25 + 0.0625 + 0.25) / 4)
+    assert (recon_elements("mean", 2048), recon_elements("sum", 2048), recon_elements("bce_sum", 7)) == (1, 2048, 7)

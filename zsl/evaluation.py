@@ -7,8 +7,9 @@ evaluation sets, and report the per-class mean accuracy in percent.
 Speed: all tensors stay on their device; each epoch draws one permutation on the device from the
 caller's ``torch.Generator`` and gathers mini-batches by indexing; gradients of the softmax NLL are
 computed in closed form (no autograd graph) and applied by a lean in-place Adam (:class:`Adam`);
-per-epoch metrics stay on the device and are read back with one host sync at the end.  Memory: GZSL concatenates real and
-synthetic training rows once ([N_tr + N_syn, D] in the features' dtype).
+per-epoch metrics stay on the device and are read back with one host sync at the end.  Memory: the
+real and synthetic training rows are never concatenated; each mini-batch gathers its rows from both
+(:func:`gather_rows`), so the classifier adds only O(batch x D) to the rows it is given.
 """
 
 from __future__ import annotations
@@ -99,9 +100,23 @@ class Adam:
             p.addcdiv_(m, denom, value=-step_size)
 
 
+def gather_rows(parts: tuple[torch.Tensor, ...], idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` [b] of the row-wise concatenation of one or two ``parts`` ([N_i, D] each), [b, D]
+    in the first part's dtype, without building the concatenation (no host sync)."""
+    if len(parts) == 1 or parts[1].shape[0] == 0:
+        return parts[0].index_select(0, idx)
+    first, second = parts
+    n_first = first.shape[0]
+    if n_first == 0:
+        return second.index_select(0, idx).to(first.dtype)
+    in_first = (idx < n_first).unsqueeze(1)
+    return torch.where(in_first, first.index_select(0, idx.clamp(max=n_first - 1)),
+                       second.index_select(0, (idx - n_first).clamp(min=0)).to(first.dtype))
+
+
 @torch.no_grad()
 def fit_softmax(
-    x: torch.Tensor,
+    x: torch.Tensor | tuple[torch.Tensor, ...],
     y: torch.Tensor,
     n_out: int,
     cfg: ClassifierConfig,
@@ -110,15 +125,20 @@ def fit_softmax(
 ) -> torch.Tensor:
     """Train Linear(D -> n_out) + log-softmax with NLL on (x [N, D], y [N] in 0..n_out-1).
 
+    ``x`` may be a tuple of one or two row blocks whose concatenation is the training matrix; rows
+    stored in half precision are trained on in float32 (the classifier's weights are never half).
+
     Init: weight ~ N(0, 0.02²), bias 0.  Adam per ``cfg``; ``cfg.epochs`` passes, each over a fresh
     permutation drawn on the device from ``generator``.  ``score(weight, bias)`` -> [m] tensor is
     called after every epoch (selection "best") or after the last one only ("last").
     Returns the scores stacked, [epochs, m] or [1, m], still on the device (no host sync here).
     """
-    n, dim = x.shape
-    dev = x.device
-    weight = torch.randn(n_out, dim, generator=generator, device=dev, dtype=x.dtype).mul_(0.02)
-    bias = torch.zeros(n_out, device=dev, dtype=x.dtype)
+    parts = x if isinstance(x, tuple) else (x,)
+    n, dim = sum(p.shape[0] for p in parts), parts[0].shape[1]
+    dev = parts[0].device
+    dtype = parts[0].dtype if parts[0].dtype in (torch.float32, torch.float64) else torch.float32
+    weight = torch.randn(n_out, dim, generator=generator, device=dev, dtype=dtype).mul_(0.02)
+    bias = torch.zeros(n_out, device=dev, dtype=dtype)
     grad_w, grad_b = torch.zeros_like(weight), torch.zeros_like(bias)
     opt = Adam([weight, bias], cfg.lr, cfg.beta1)
     scores = []
@@ -126,7 +146,7 @@ def fit_softmax(
         perm = torch.randperm(n, generator=generator, device=dev)
         for start in range(0, n, cfg.batch_size):
             idx = perm[start:start + cfg.batch_size]
-            xb = x.index_select(0, idx)
+            xb = gather_rows(parts, idx).to(dtype)
             grad_logits = softmax_nll_grad(torch.addmm(bias, xb, weight.T), y.index_select(0, idx))
             torch.mm(grad_logits.T, xb, out=grad_w)
             torch.sum(grad_logits, dim=0, out=grad_b)
@@ -167,7 +187,7 @@ def gzsl_evaluate(
     """
     _check_labels(train_y, seen_classes, "train_y")
     _check_labels(syn_y, unseen_classes, "syn_y")
-    x = torch.cat([train_x, syn_x.to(train_x.dtype)])
+    x = (train_x, syn_x)  # syn_x may be stored in half precision: cast per batch, never as a whole
     y = torch.cat([train_y, syn_y]).long()
 
     def score(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

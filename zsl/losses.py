@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.nn import functional as F
 
 
 def interpolate(real: torch.Tensor, fake: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -43,11 +44,22 @@ def vae_loss(
     """Reconstruction + clamp(KL, 0, kl_clamp).
 
     recon "mean": squared error averaged over B*D elements (D2SC reference);
-    "sum": squared error summed over dims, averaged over B (ZeroDiff-style scale).
+    "sum": squared error summed over dims, averaged over B (ZeroDiff's scale);
+    "bce_sum": binary cross-entropy summed over dims, averaged over B (ZeroDiff's own term; x_hat
+    and x in [0, 1]).
     """
-    sq = (x_hat - x) ** 2
-    rec = sq.mean() if recon == "mean" else sq.sum() / x.shape[0]
+    if recon == "bce_sum":
+        rec = F.binary_cross_entropy(x_hat, x, reduction="sum") / x.shape[0]
+    else:
+        sq = (x_hat - x) ** 2
+        rec = sq.mean() if recon == "mean" else sq.sum() / x.shape[0]
     return rec + kl_standard_normal(mu, logvar).clamp(0.0, kl_clamp)
+
+
+def recon_elements(recon: str, dim: int) -> int:
+    """How many per-element errors one row's reconstruction term adds up: 1 for "mean", ``dim``
+    for the summed reductions.  A loss weight divided by it is a weight per element."""
+    return 1 if recon == "mean" else dim
 
 
 def pairwise_sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from zsl.data.types import ZSLData
 from zsl.diffusion import make_schedule, q_sample_pairs, sample_posterior
 from zsl.errors import UserError
 from zsl.models import validate_config
+from zsl.synthesis import synthesize
 from zsl.models.d2sc_nets import (
     Critic, Encoder, FeatureGenerator, RepresentationGenerator, SemanticDecoder, init_weights,
 )
@@ -70,18 +72,33 @@ class Config:
       mmd_scales (default: sigma=1 on [0,1]^R features gives a constant loss, defect 9);
       "reference" = a single sigma = 1.
       vae_recon: "sum" = squared error summed over dims / B, ZeroDiff scale (default: the per-element
-      mean is R times weaker and invites posterior collapse, defect 10); "mean" = reference.
+      mean is R times weaker and invites posterior collapse, defect 10); "mean" = reference;
+      "bce_sum" = ZeroDiff's own term (binary cross-entropy summed over dims / B).
+      vae_weight_unit: what gamma_vae weighs.  "loss" = the VAE loss as reduced (reference);
+      "per_dim" = the per-element reconstruction error, whatever the reduction: gamma_vae is divided
+      by R under the summed reductions, so one value means the same reconstruction weight under
+      "mean" and "sum" (they then differ only in the KL's relative weight).  Searches use per_dim.
       dec_normalise: L2-normalise the decoder output: "auto" (when the class embeddings are unit rows,
       i.e. class_embedding_norm), "on", "off".
     Synthesis / evaluation
       syn_num_drg, syn_num: synthetic samples per unseen class in DRG / DFG evaluation.
+      syn_num_ratio: > 0 replaces syn_num by round(ratio x the mean real training images per seen
+      class), a value one setting can share across datasets of different sizes (0 = use syn_num).
       synthesis: "one_step" or "progressive" (T-step chain) DFG sampling.
+      synthesis_chunk: rows per generator call in evaluation (bounds its memory; the synthetic rows
+      do not depend on it: zsl.synthesis draws noise per class block).  synthesis_store: dtype the
+      synthetic rows are kept in for the classifiers: "float32" (default, as the reference) or
+      "float16" (half the memory; rows rounded to ~3 significant digits, classifiers still train in
+      float32) for evaluations whose float32 rows alone exceed the host's memory.
       eval_views: classifier views in DFG, first one reported as S/U/H/ZSL, others with a suffix
       (e.g. H_VC); letters V (visual x), C (second view c), S ([Dec(x); h]).  DRG always uses C.
       unseen_bias, unseen_bias_mode: "inert" = reference (the bias never reaches synthesis, defect 8);
       "shift" = add unseen_bias to z for unseen-class synthesis.
-      classifier_lr, classifier_epochs, classifier_batch, classifier_selection ("last"; "best" only
-      under the validation or reference protocol).
+      classifier_lr, classifier_epochs, classifier_selection ("last"; "best" only under the
+      validation or reference protocol).  classifier_batch: rows per classifier Adam step; 0 = the
+      synthetic rows per class (syn_num, or syn_num_drg in DRG), the reference's batch.  Default 512:
+      the reference's batch gives few steps (AWA2 DFG: 325 in 25 epochs), so its numbers partly
+      measure an under-trained classifier rather than the generator; searches compare both.
       drg_handoff: "final" = DFG synthesises with the last DRG generator; "best_zsl" = with the DRG
       epoch of best ZSL on the evaluation split (refused under the final protocol: that is test data).
       monitor_eval_seen: log critic gaps on 64 evaluation-seen samples per DFG iteration (reference
@@ -134,10 +151,14 @@ class Config:
     mmd_bandwidths: str = "median"
     mmd_scales: list = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     vae_recon: str = "sum"
+    vae_weight_unit: str = "loss"
     dec_normalise: str = "auto"
     syn_num_drg: int = 1800
     syn_num: int = 8000
+    syn_num_ratio: float = 0.0
     synthesis: str = "one_step"
+    synthesis_chunk: int = 4096
+    synthesis_store: str = "float32"
     eval_views: list = field(default_factory=lambda: ["V"])
     unseen_bias: float = 0.0
     unseen_bias_mode: str = "inert"
@@ -156,9 +177,11 @@ CHOICES = {
     "drg_generator_input": ("noisy_next", "reference"),
     "drg_neg_sampling": ("none", "mismatch_att"),
     "mmd_bandwidths": ("median", "reference"),
-    "vae_recon": ("sum", "mean"),
+    "vae_recon": ("sum", "mean", "bce_sum"),
+    "vae_weight_unit": ("loss", "per_dim"),
     "dec_normalise": ("auto", "on", "off"),
     "synthesis": ("one_step", "progressive"),
+    "synthesis_store": ("float32", "float16"),
     "unseen_bias_mode": ("inert", "shift"),
     "classifier_selection": ("last", "best"),
     "drg_handoff": ("final", "best_zsl"),
@@ -176,9 +199,14 @@ def check_config(cfg: Config, protocol: str) -> None:
             raise UserError(f"d2sc option 'eval_views' has {view!r}: use views made of the letters V, C, S (e.g. V, C, VC).")
     if not cfg.eval_views:
         raise UserError("d2sc option 'eval_views' is empty: give at least one view, e.g. [V].")
-    for key in ("batch_size", "critic_iter", "n_steps", "syn_num", "syn_num_drg", "gen_hidden", "ngh", "ndh"):
+    for key in ("batch_size", "critic_iter", "n_steps", "syn_num", "syn_num_drg", "gen_hidden", "ngh", "ndh",
+                "synthesis_chunk"):
         if getattr(cfg, key) < 1:
             raise UserError(f"d2sc option '{key}' must be >= 1, got {getattr(cfg, key)}: fix the value.")
+    if not cfg.syn_num_ratio >= 0:
+        raise UserError(f"d2sc option 'syn_num_ratio' must be >= 0 (0 = use syn_num), got {cfg.syn_num_ratio}: fix the value.")
+    if cfg.classifier_batch < 0:
+        raise UserError(f"d2sc option 'classifier_batch' must be >= 0 (0 = syn_num, the reference), got {cfg.classifier_batch}: fix the value.")
     if cfg.iters_per_epoch < 0:
         raise UserError(f"d2sc option 'iters_per_epoch' must be >= 0 (0 = ceil(n_train/batch_size)), got {cfg.iters_per_epoch}: fix the value.")
     if not 0.0 <= cfg.drg_neg_ratio <= 1.0:
@@ -289,6 +317,10 @@ class D2SC:
         self.gen = torch.Generator(device=dev)
         self.gen.manual_seed(self.seed)
         self.lam = torch.tensor(float(cfg.lambda1), device=dev)
+        per_seen_class = self.train_x.shape[0] / max(len(data.seen_classes), 1)
+        self.syn_num = max(1, round(cfg.syn_num_ratio * per_seen_class)) if cfg.syn_num_ratio > 0 else cfg.syn_num
+        per_element = losses.recon_elements(cfg.vae_recon, R) if cfg.vae_weight_unit == "per_dim" else 1
+        self.vae_weight = cfg.gamma_vae / per_element
         self.mmd_scales = torch.tensor(cfg.mmd_scales, dtype=torch.float32, device=dev)
         self.epoch = 0
         self.epochs_total = cfg.drg_epochs + cfg.dfg_epochs
@@ -542,7 +574,7 @@ class D2SC:
         mmd = losses.mmd(x0_hat, x0, self._mmd_sigmas(x0_hat, x0))
         center = losses.center_loss(x0_hat, n["S2V"](a))
         rec = losses.weighted_l1(n["Dec_x"](x0_hat)[0], a)
-        loss_g = (cfg.gamma_vae * vae + adv + cfg.gamma_mmd * mmd + cfg.gamma_center * center
+        loss_g = (self.vae_weight * vae + adv + cfg.gamma_mmd * mmd + cfg.gamma_center * center
                   + cfg.gamma_recons * rec)
         loss_g.backward()
         self._step(step_names, ["E", "G_x", "S2V"] + step_names[2:], cfg.grad_clip)
@@ -589,49 +621,77 @@ class D2SC:
 
     def _track_best_drg(self) -> None:
         """Keep G_c of the best DRG ZSL (validation/reference protocols only) and install it at hand-off."""
-        zsl = self._evaluate_drg(self._eval_generator())["ZSL"]
+        zsl = self._evaluate_drg(self._eval_seed())["ZSL"]
         if zsl > self.best_drg["ZSL"]:
             self.best_drg = {"ZSL": zsl, "G_c": copy.deepcopy(self.nets["G_c"].state_dict())}
         if self.epoch == self.cfg.drg_epochs:
             self.nets["G_c"].load_state_dict(self.best_drg["G_c"])
 
-    def _eval_generator(self) -> torch.Generator:
-        """A generator of its own for evaluation (seeded by seed and epoch): the training stream is untouched."""
-        g = torch.Generator(device=self.device)
-        g.manual_seed(self.seed * 1_000_003 + 7919 * self.epoch + 17)
-        return g
+    def _eval_seed(self) -> int:
+        """The seed of this epoch's evaluation (from run seed and epoch): the training stream is untouched."""
+        return self.seed * 1_000_003 + 7919 * self.epoch + 17
 
-    @torch.no_grad()
-    def synthesize_representation(self, classes: torch.Tensor, num: int, gen: torch.Generator):
-        """(ĉ [len(classes)*num, C], y) from G_c in one call: z, c_in ~ N(0, I), t = T-1 (spec §9)."""
-        y = classes.repeat_interleave(num)
-        G = self.nets["G_c"].eval()
-        z = torch.randn(y.shape[0], self.Z, generator=gen, device=self.device)
-        c_in = torch.randn(y.shape[0], self.train_c.shape[1], generator=gen, device=self.device)
+    def _draw_noise(self, progressive: bool, features: bool) -> Callable[[torch.Generator, int], tuple]:
+        """A block's noise, in a fixed order: z_c [n, Z] and c_in [n, C] for G_c; for features also
+        z [n, Z], x_T [n, R] and, progressive, one posterior draw [n, R] per step after the first."""
+        Z, C, R, dev = self.Z, self.train_c.shape[1], self.train_x.shape[1], self.device
+        chain = self.cfg.n_steps - 1 if progressive else 0
+
+        def draw(gen: torch.Generator, n: int) -> tuple:
+            sizes = [Z, C] + ([Z, R] + [R] * chain if features else [])
+            return tuple(torch.randn(n, d, generator=gen, device=dev) for d in sizes)
+        return draw
+
+    def _represent(self, y: torch.Tensor, z_c: torch.Tensor, c_in: torch.Tensor) -> torch.Tensor:
+        """ĉ [n, C] = G_c(z_c, c_in, a_y, t = T-1) (spec §9)."""
         t = torch.full((y.shape[0],), self.cfg.n_steps - 1, device=self.device, dtype=torch.long)
-        return G(z, c_in, self.emb[y], t), y
+        return self.nets["G_c"](z_c, c_in, self.emb[y], t)
 
-    @torch.no_grad()
-    def synthesize_features(self, classes: torch.Tensor, num: int, gen: torch.Generator,
-                            progressive: bool = False, unseen: bool = True):
-        """(x̂ [n, R], ĉ [n, C], y [n]), n = len(classes)*num, in one vectorised call (spec §9).
-
-        One-step: x̂ = G_x(z, a, ĉ, x ~ N(0,I), T-1).  Progressive: the T-step posterior chain with
-        z and ĉ fixed, returning the last x̂_0.
-        """
-        c_hat, y = self.synthesize_representation(classes, num, gen)
-        G = self.nets["G_x"].eval()
+    def _generate(self, y, z_c, c_in, z, x, *chain_noise, unseen: bool = True):
+        """(x̂ [n, R], ĉ [n, C]): a fresh ĉ from G_c, then G_x one-step, or the T-step posterior chain
+        (z and ĉ fixed along it) when ``chain_noise`` holds its T-1 draws (spec §9)."""
+        c_hat = self._represent(y, z_c, c_in)
         a = self.emb[y]
-        z = torch.randn(y.shape[0], self.Z, generator=gen, device=self.device)
         if unseen and self.cfg.unseen_bias_mode == "shift":
             z = z + self.cfg.unseen_bias
-        x = torch.randn(y.shape[0], self.train_x.shape[1], generator=gen, device=self.device)
-        steps = range(self.cfg.n_steps - 1, -1, -1) if progressive else [self.cfg.n_steps - 1]
-        for step in steps:
-            t = torch.full((y.shape[0],), step, device=self.device, dtype=torch.long)
-            x0_hat = G(z, a, c_hat, x, t)
-            x = sample_posterior(self.sched, x0_hat, x, t, torch.randn(x.shape, generator=gen, device=self.device))
-        return x0_hat, c_hat, y
+        steps = self.cfg.n_steps - 1
+        for k, noise in enumerate([*chain_noise, None]):
+            t = torch.full((y.shape[0],), steps - k, device=self.device, dtype=torch.long)
+            x0_hat = self.nets["G_x"](z, a, c_hat, x, t)
+            if noise is not None:
+                x = sample_posterior(self.sched, x0_hat, x, t, noise)
+        return x0_hat, c_hat
+
+    @torch.no_grad()
+    def synthesize_representation(self, classes: torch.Tensor, num: int, seed: int):
+        """(ĉ [len(classes)*num, C], y) from G_c: z, c_in ~ N(0, I), t = T-1 (spec §9), in chunks of
+        ``synthesis_chunk`` rows (zsl.synthesis: the result does not depend on the chunk size)."""
+        self.nets["G_c"].eval()
+        return synthesize(classes.tolist(), num, seed, self.cfg.synthesis_chunk,
+                          self._draw_noise(False, features=False), self._represent, self.device,
+                          getattr(torch, self.cfg.synthesis_store))
+
+    @torch.no_grad()
+    def synthesize_view(self, view: str, classes: torch.Tensor, num: int, seed: int,
+                        progressive: bool = False, unseen: bool = True):
+        """(rows [len(classes)*num, d_view], y) of classifier ``view`` for synthetic features, built
+        chunk by chunk: only the view's rows are kept, never every chunk's x̂ and ĉ at once."""
+        for name in ("G_c", "G_x", "Dec_x"):
+            self.nets[name].eval()
+
+        def make(y, *noise):
+            return self._view(view, *self._generate(y, *noise, unseen=unseen))
+        return synthesize(classes.tolist(), num, seed, self.cfg.synthesis_chunk,
+                          self._draw_noise(progressive, features=True), make, self.device,
+                          getattr(torch, self.cfg.synthesis_store))
+
+    def synthesize_features(self, classes: torch.Tensor, num: int, seed: int,
+                            progressive: bool = False, unseen: bool = True):
+        """(x̂ [n, R], ĉ [n, C], y [n]), n = len(classes)*num: one-step x̂ = G_x(z, a, ĉ, x ~ N(0,I), T-1),
+        or the progressive T-step chain returning the last x̂_0 (spec §9)."""
+        rows, y = self.synthesize_view("VC", classes, num, seed, progressive, unseen)
+        R = self.train_x.shape[1]
+        return rows[:, :R], rows[:, R:], y
 
     def _view(self, view: str, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Classifier input of ``view``: concatenation of V = x, C = c, S = [Dec(x); h] in letter order."""
@@ -645,15 +705,16 @@ class D2SC:
                 parts.extend(self.nets["Dec_x"](x))
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
-    def _classify(self, view: str, syn_x, syn_c, syn_y, gen: torch.Generator) -> dict:
-        """GZSL S/U/H and ZSL of a softmax classifier on the view (real seen + synthetic unseen)."""
+    def _classify(self, view: str, syn: torch.Tensor, syn_y: torch.Tensor, per_class: int, seed: int) -> dict:
+        """GZSL S/U/H and ZSL of softmax classifiers on ``view``: real seen + synthetic unseen rows
+        ``syn`` [n, d_view] (``per_class`` of each unseen class; classifier_batch 0 means that many)."""
         from zsl.evaluation import ClassifierConfig, gzsl_evaluate, zsl_evaluate
 
         cfg = self.cfg
         ccfg = ClassifierConfig(lr=cfg.classifier_lr, beta1=0.5, epochs=cfg.classifier_epochs,
-                                batch_size=cfg.classifier_batch, selection=cfg.classifier_selection)
+                                batch_size=cfg.classifier_batch or per_class, selection=cfg.classifier_selection)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         with torch.no_grad():
-            syn = self._view(view, syn_x, syn_c)
             unseen_x = self._view(view, self.eval_unseen_x, self.eval_unseen_c)
             seen_x = self._view(view, self.eval_seen_x, self.eval_seen_c)
             train_x = self._view(view, self.train_x, self.train_c)
@@ -669,10 +730,10 @@ class D2SC:
                                 unseen_classes=self.unseen, cfg=ccfg, generator=gen))
         return {k: float(v) for k, v in out.items()}
 
-    def _evaluate_drg(self, gen: torch.Generator) -> dict:
+    def _evaluate_drg(self, seed: int) -> dict:
         """DRG evaluation on the C view: synthetic unseen ĉ vs real second-view features (spec §9)."""
-        c_hat, y = self.synthesize_representation(self.unseen, self.cfg.syn_num_drg, gen)
-        return self._classify("C", c_hat, c_hat, y, gen)
+        c_hat, y = self.synthesize_representation(self.unseen, self.cfg.syn_num_drg, seed)
+        return self._classify("C", c_hat, y, self.cfg.syn_num_drg, seed)
 
     def _evaluated_stage(self) -> str:
         """The stage whose generator an evaluation now scores (DRG right after its last epoch)."""
@@ -682,20 +743,22 @@ class D2SC:
 
     def evaluate(self) -> dict:
         """S, U, H, ZSL (percent) on the data's evaluation sets; DRG: C view; DFG: eval_views[0]
-        (other views suffixed, e.g. H_VC).  Uses its own RNG; the training stream is unchanged."""
+        (other views suffixed, e.g. H_VC).  Each view's synthetic rows are built from the same seed,
+        one view at a time (bounded memory).  Uses its own RNG; the training stream is unchanged."""
         for net in self.nets.values():
             net.eval()
-        gen = self._eval_generator()
+        seed = self._eval_seed()
         start = time.perf_counter()
         stage = self._evaluated_stage()
         if stage == "DRG":
-            out = self._evaluate_drg(gen)
+            out = self._evaluate_drg(seed)
         else:
-            x_hat, c_hat, y = self.synthesize_features(
-                self.unseen, self.cfg.syn_num, gen, progressive=self.cfg.synthesis == "progressive")
             out = {}
             for i, view in enumerate(self.cfg.eval_views):
-                res = self._classify(view, x_hat, c_hat, y, gen)
+                syn, y = self.synthesize_view(view, self.unseen, self.syn_num, seed,
+                                              progressive=self.cfg.synthesis == "progressive")
+                res = self._classify(view, syn, y, self.syn_num, seed)
+                del syn
                 out.update(res if i == 0 else {f"{k}_{view}": v for k, v in res.items()})
         out["stage"] = stage
         out["second_view"] = float(self.data.has_second_view)  # 0: con_paco.mat absent, c fell back to x
