@@ -6,8 +6,7 @@ classifiers on them.  Nets at the ``paper`` preset's widths (4,096), untrained: 
 shapes, not on weights.  Data: **simulated** (``sim-SUN --scale full``), validation protocol.
 
 Transient memory = peak resident set during the evaluation minus the resident set just before it
-(the model, its optimisers and the data are already resident).  The peak is reset through
-/proc/self/clear_refs (Linux), so each configuration gets its own figure.
+(the model, its optimisers and the data are already resident): zsl.memory.TransientPeak (Linux).
 
     python bench/evaluation_memory.py                                 # syn_num 8000: 520,000 rows
     python bench/evaluation_memory.py --syn-num 1000 --classifier-epochs 1
@@ -28,20 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from zsl.memory import TransientPeak  # noqa: E402
 from zsl.run import RunSpec, load_run_data, resolve_config  # noqa: E402
-
-
-def rss_kib(field: str) -> int:
-    """VmRSS or VmHWM of this process in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> None:
-    """Set this process's peak resident set (VmHWM) to its current one."""
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def main() -> None:
@@ -69,17 +56,16 @@ def main() -> None:
     model = D2SC(config, data, "cpu", 0)
     model.epoch = 2  # past the DRG epoch: evaluate() scores the DFG
     rows = args.syn_num * len(data.unseen_classes)
-    base = rss_kib("VmRSS")
-    reset_peak()
+    store_bytes = 2 if config["synthesis_store"] == "float16" else 4
     start = time.perf_counter()
-    out = model.evaluate()
+    with TransientPeak() as peak:
+        out = model.evaluate()
     seconds = time.perf_counter() - start
-    peak = rss_kib("VmHWM")
     print(f"d2sc paper widths, sim-SUN full (simulated), validation: {len(data.unseen_classes)} unseen classes x "
           f"{args.syn_num} = {rows:,} synthetic rows x {data.train_x.shape[1]} dims; "
-          f"chunk {config.get('synthesis_chunk')}, store {config.get('synthesis_store')}, "
+          f"chunk {config['synthesis_chunk']}, store {config['synthesis_store']}, "
           f"{args.classifier_epochs} classifier epochs, {args.threads} threads")
-    print(f"  resident before {base / 2**20:.2f} GiB; transient peak {(peak - base) / 2**20:.2f} GiB; "
+    print(f"  transient peak {peak.gib:.2f} GiB (store of the rows alone: {rows * data.train_x.shape[1] * store_bytes / 2**30:.2f} GiB); "
           f"{seconds:.0f} s; S {out['S']:.1f} U {out['U']:.1f} H {out['H']:.1f} ZSL {out['ZSL']:.1f} (untrained nets)")
 
 

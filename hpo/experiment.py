@@ -22,7 +22,7 @@ from zsl.errors import UserError
 from hpo.folder_guard import check_name, remove_experiment_folder, write_marker
 from hpo.storage import is_remote, local_path
 from hpo.trusted_state import default_key_file
-from hpo.spaces import Space, load_space, parse_space, read_space_doc
+from hpo.spaces import PROFILES, Space, load_space, parse_space, read_space_doc
 from hpo.trainable import OBJECTIVES, SearchContext
 from zsl.models import base_dataset_name
 from zsl.run import CLASS_EMBEDDINGS, MAX_SEED, DataOptions
@@ -68,10 +68,17 @@ class SearchOptions:
     class_embedding: str = "att"  # "att", or per dataset: "att,CUB:sent" (see class_embeddings)
     split_percent: int = 100
     scaler_fit: str = "train_rows"
+    profile: str = "auto"  # run profile of the space: auto (gpu when trials get GPUs, else cpu), cpu, gpu, ...
     state_key: str = field(default_factory=default_key_file)  # the driver's key that signs Ray's state (hpo.trusted_state)
 
     def resolved_datasets(self) -> list[str]:
         return list(self.datasets) if self.datasets else (REAL_DATASETS if self.data_root else SIM_DATASETS)
+
+    def resolved_profile(self) -> str:
+        """The run profile: ``profile``, with auto meaning gpu when trials get GPUs, else cpu."""
+        if self.profile != "auto":
+            return self.profile
+        return "gpu" if self.gpus_per_trial > 0 else "cpu"
 
     def experiment_name(self) -> str:
         return self.name or f"{Path(self.space).stem}-search"
@@ -222,14 +229,18 @@ def sidecar_dir(opts: SearchOptions) -> Path:
 
 
 def specialised_space(opts: SearchOptions, record: dict | None = None) -> tuple[Space, str | None, dict]:
-    """The space of ``opts`` specialised to its datasets (see Space.specialise); from an experiment's
+    """The space of ``opts`` under its run profile (see Space.specialise); from an experiment's
     ``record`` (the space as it was when the search started) when given, else from its file today."""
     if record is not None and "space" in record:
         saved = record["space"]
         space = parse_space(saved["doc"], f"{saved['source']} (as recorded in {SEARCH_FILE})", saved["name"])
     else:
         space = load_space(opts.space)
-    return space.specialise(all(d.startswith("sim-") for d in opts.resolved_datasets()))
+    profile = opts.resolved_profile()
+    if profile not in space.profiles and profile not in PROFILES:
+        names = ", ".join(sorted({"auto", *PROFILES, *space.profiles}))
+        raise UserError(f"--profile {profile}: space {space.name} has no such run profile: pass one of {names}.")
+    return space.specialise(profile)
 
 
 def provenance() -> dict:

@@ -6,6 +6,7 @@ import argparse
 import errno
 import os
 import sys
+from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: hpo/ itself must not shadow modules; the project must import
     _here = os.path.dirname(os.path.abspath(__file__))
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated datasets (default sim-AWA2,sim-CUB,sim-SUN; AWA2,CUB,SUN with --data-root)")
     p.add_argument("--data-root", help="folder holding the real xlsa17 datasets")
     p.add_argument("--scale", choices=["small", "full"], default=d.scale, help="size of simulated datasets")
+    p.add_argument("--profile", default=d.profile,
+                   help="run profile of the space (sizes for a machine, on real and simulated data alike): cpu, gpu, "
+                        "or auto (default: gpu when --gpus-per-trial > 0, else cpu)")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="number of trials")
     p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
@@ -68,18 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-key", default=d.state_key,
                    help="the key file that signs Ray's saved state (default %(default)s; made on the first search; "
                         "--resume needs the same file: see cluster/README.md, 'Trust')")
+    p.add_argument("--rehearse", action="store_true",
+                   help="paper-scale rehearsal: the space's 'rehearse' profile (paper widths, real class counts, "
+                        "simulated full-scale features, 1 iteration per epoch) through ASHA, the epoch cap, "
+                        "checkpoints and the final evaluation; prints memory and seconds per stage (hpo/rehearsal.py)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
+    rehearse = args.pop("rehearse")
     try:
         from hpo.tuner import run_search
 
-        summary = run_search(SearchOptions(**args))
+        opts = SearchOptions(**args)
+        if rehearse:
+            from hpo.rehearsal import rehearsal_options
+            opts = rehearsal_options(opts)
+        summary = run_search(opts)
         if summary.interrupted:
             print("interrupted: finished trials are kept; continue with the same command plus --resume", file=sys.stderr)
             return 130
+        if rehearse:
+            return rehearsal_verdict(opts)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -98,6 +113,20 @@ def main(argv: list[str] | None = None) -> int:
               "same command plus --resume.", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
+
+
+def rehearsal_verdict(opts: SearchOptions) -> int:
+    """Check a finished rehearsal, evaluate its best setting on the final protocol, print both; 0 if it passed."""
+    from hpo.experiment import experiment_dir
+    from hpo.rehearsal import check, render
+    from hpo.report import read_trials, write_report
+
+    exp = experiment_dir(opts)
+    finding = check(read_trials(Path(exp)), opts.resolved_datasets())
+    report = write_report(exp)  # retrains the best setting on the final protocol
+    print(render(finding))
+    print(f"final evaluation and report: {report}")
+    return 0 if not finding.failures else 1
 
 
 def disk_full(err: BaseException) -> str | None:

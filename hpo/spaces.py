@@ -20,8 +20,9 @@ from zsl.errors import UserError
 from zsl.models import get_model, load_presets, validate_config
 
 SPACE_DIR = Path(search_spaces.__file__).resolve().parent  # package data: there in editable and plain installs
-TOP_KEYS = {"model", "preset", "simulated", "params", "published", "description"}
-SIMULATED_KEYS = {"preset", "fixed"}
+TOP_KEYS = {"model", "preset", "profiles", "params", "published", "description"}
+PROFILE_KEYS = {"preset", "fixed"}
+PROFILES = ("cpu", "gpu")  # --profile auto picks gpu when trials get GPUs, else cpu
 PARAM_KEYS = {
     "float": {"type", "low", "high", "log", "when"},
     "int": {"type", "low", "high", "step", "log", "when"},
@@ -71,26 +72,27 @@ class Space:
     preset: str | None
     params: tuple[Param, ...]
     published: dict
-    simulated_preset: str | None = None
-    simulated_fixed: dict = field(default_factory=dict)
+    profiles: dict = field(default_factory=dict)  # name -> {"preset": str | None, "fixed": {key: value}}
 
-    def specialise(self, all_simulated: bool) -> tuple["Space", str | None, dict]:
-        """(space, base preset, base overrides) for a search over real or only simulated datasets.
+    def specialise(self, profile: str) -> tuple["Space", str | None, dict]:
+        """(space, base preset, base overrides) under run profile ``profile`` (cpu, gpu, or a name of
+        the space's ``profiles``), for real and simulated data alike.
 
-        With only simulated datasets, ``simulated.preset`` replaces ``preset`` and every
-        ``simulated.fixed`` key that is a param becomes a fixed param (so it is neither sampled nor
-        shown as searched); the other keys become overrides under every trial.
+        A profile's ``preset`` replaces ``preset``; every ``fixed`` key that is a param becomes a
+        fixed param (neither sampled nor shown as searched); its other keys become overrides under
+        every trial.  A profile the space does not define leaves the space as written.
         """
-        if not all_simulated:
+        entry = self.profiles.get(profile)
+        if entry is None:
             return self, self.preset, {}
-        pinned = self.simulated_fixed
+        pinned = entry.get("fixed") or {}
         params = tuple(Param(p.name, "fixed", value=pinned[p.name], when=p.when) if p.name in pinned else p
                        for p in self.params)
         published = {k: v for k, v in self.published.items() if k not in pinned}
         names = {p.name for p in self.params}
         overrides = {k: v for k, v in pinned.items() if k not in names}
         space = replace(self, params=params, published=published)
-        return space, self.simulated_preset or self.preset, overrides
+        return space, entry.get("preset") or self.preset, overrides
 
     def sampled_names(self) -> list[str]:
         return [p.name for p in self.params if p.kind != "fixed"]
@@ -129,6 +131,9 @@ def parse_space(doc: Any, where: str, name: str) -> Space:
     """Validate a parsed YAML document ``doc`` (from file ``where``) into a :class:`Space`."""
     if not isinstance(doc, dict):
         raise UserError(f"search space file {where} must be a mapping with keys model, preset, params: fix the file.")
+    if "simulated" in doc:
+        raise UserError(f"search space file {where}: the 'simulated' section is now a run profile: rename it to "
+                        "'profiles: {cpu: {preset: ..., fixed: {...}}}' (used by --profile cpu on any data).")
     _check_keys(doc, TOP_KEYS, where, "top level")
     if "model" not in doc or "params" not in doc:
         raise UserError(f"search space file {where} needs the keys 'model' and 'params': add them.")
@@ -141,15 +146,20 @@ def parse_space(doc: Any, where: str, name: str) -> Space:
         raise UserError(f"search space file {where}: {err}") from None
     presets = load_presets(model)
     preset = _check_preset(doc.get("preset"), presets, model, where, "preset")
-    simulated = doc.get("simulated") or {}
-    if not isinstance(simulated, dict):
-        raise UserError(f"search space file {where}: 'simulated' must be a mapping with 'preset' and/or 'fixed': fix it.")
-    _check_keys(simulated, SIMULATED_KEYS, where, "'simulated'")
-    sim_preset = _check_preset(simulated.get("preset"), presets, model, where, "simulated.preset")
-    sim_fixed = simulated.get("fixed") or {}
-    if not isinstance(sim_fixed, dict):
-        raise UserError(f"search space file {where}: 'simulated.fixed' must be a mapping of hyperparameter: value: fix it.")
-    _check_values(config_cls, sim_fixed, model, where, "simulated.fixed")
+    profiles = doc.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise UserError(f"search space file {where}: 'profiles' must be a mapping of profile name: {{preset, fixed}}: fix it.")
+    for pname, entry in profiles.items():
+        entry = {} if entry is None else entry
+        if not isinstance(entry, dict):
+            raise UserError(f"search space file {where}: profile '{pname}' must be a mapping with 'preset' and/or 'fixed': fix it.")
+        _check_keys(entry, PROFILE_KEYS, where, f"profile '{pname}'")
+        _check_preset(entry.get("preset"), presets, model, where, f"profiles.{pname}.preset")
+        fixed = entry.get("fixed") or {}
+        if not isinstance(fixed, dict):
+            raise UserError(f"search space file {where}: 'profiles.{pname}.fixed' must be a mapping of hyperparameter: value: fix it.")
+        _check_values(config_cls, fixed, model, where, f"profiles.{pname}.fixed")
+        profiles[pname] = {"preset": entry.get("preset"), "fixed": dict(fixed)}
     raw_params = doc["params"]
     if not isinstance(raw_params, dict) or not raw_params:
         raise UserError(f"search space file {where}: 'params' must be a non-empty mapping of hyperparameter: spec: fix it.")
@@ -157,7 +167,7 @@ def parse_space(doc: Any, where: str, name: str) -> Space:
     for pname, spec in raw_params.items():
         params.append(_parse_param(str(pname), spec, params, config_cls, model, where))
     published = _check_published(doc.get("published"), params, where)
-    return Space(name, where, model, preset, tuple(params), published, sim_preset, dict(sim_fixed))
+    return Space(name, where, model, preset, tuple(params), published, {str(k): v for k, v in profiles.items()})
 
 
 def _check_keys(mapping: dict, allowed: set, where: str, what: str) -> None:

@@ -35,7 +35,8 @@ def test_shipped_space_keys_are_real_config_fields(name):
     space = load_space(name)
     fields = {f.name for f in dataclasses.fields(get_model(space.model).Config)}
     assert {p.name for p in space.params} <= fields
-    assert set(space.simulated_fixed) <= fields
+    for entry in space.profiles.values():
+        assert set(entry["fixed"]) <= fields
     assert set(space.published) <= {p.name for p in space.params}
     for p in space.params:  # published values lie in their ranges (checked again here, independently)
         if p.name in space.published:
@@ -125,15 +126,31 @@ def test_good_space_conditional_and_published_with_optuna():
     assert any("steps_per_epoch" in p for p in seen)
 
 
-def test_simulated_section_pins_params():
-    doc = _with(["simulated"], {"preset": "default", "fixed": {"gamma": 2.0, "epochs": 3}})
+def test_run_profile_pins_params_on_any_data():
+    doc = _with(["profiles"], {"cpu": {"preset": "default", "fixed": {"gamma": 2.0, "epochs": 3}}, "gpu": {}})
     space = parse_space(doc, "s.yaml", "s")
-    pinned, preset, overrides = space.specialise(all_simulated=True)
+    pinned, preset, overrides = space.specialise("cpu")
     assert preset == "default" and overrides == {"epochs": 3}
     assert [p.kind for p in pinned.params if p.name == "gamma"] == ["fixed"]
     assert "gamma" not in pinned.published
-    same, preset_real, none = space.specialise(all_simulated=False)
-    assert same is space and preset_real == "small" and none == {}
+    for profile in ("gpu", "undefined"):
+        same, preset_as_written, none = space.specialise(profile)
+        assert same == space and preset_as_written == "small" and none == {}
+
+
+def test_the_old_simulated_section_is_refused_with_its_new_spelling():
+    with pytest.raises(UserError, match="profiles: {cpu:"):
+        parse_space(_with(["simulated"], {"preset": "default"}), "s.yaml", "s")
+
+
+def test_profile_auto_follows_the_trials_resources_and_unknown_profiles_are_refused():
+    from hpo.experiment import SearchOptions, specialised_space
+    assert SearchOptions().resolved_profile() == "cpu"
+    assert SearchOptions(gpus_per_trial=0.5).resolved_profile() == "gpu"
+    assert specialised_space(SearchOptions(space="d2sc", profile="cpu"))[1] == "small"
+    assert specialised_space(SearchOptions(space="d2sc", profile="gpu"))[1] == "paper"
+    with pytest.raises(UserError, match="--profile laptop: space d2sc has no such run profile"):
+        specialised_space(SearchOptions(space="d2sc", profile="laptop"))
 
 
 def _cli(*args, cwd=ROOT):

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from zsl.errors import UserError, check_finite
+from zsl.memory import TransientPeak
 from zsl.models import get_model, make_config, validate_config
 
 CLASS_EMBEDDINGS = ("att", "original_att", "sent")
@@ -147,9 +148,13 @@ class Run:
         return losses
 
     def evaluate(self) -> dict:
-        """Scores under the spec's protocol (S, U, H, ZSL in percent, plus the model's extras)."""
-        scores = self.trainer.evaluate()
+        """Scores under the spec's protocol (S, U, H, ZSL in percent, plus the model's extras and, on
+        Linux, ``eval_transient_gib``: the evaluation's peak host memory above what was resident)."""
+        with TransientPeak() as peak:
+            scores = self.trainer.evaluate()
         check_finite(self.spec.dataset, self.trainer.epoch, scores)
+        if peak.gib is not None:
+            scores["eval_transient_gib"] = peak.gib
         return scores
 
     def run_to_end(self) -> dict:
