@@ -68,17 +68,20 @@ class SearchOptions:
     class_embedding: str = "att"  # "att", or per dataset: "att,CUB:sent" (see class_embeddings)
     split_percent: int = 100
     scaler_fit: str = "train_rows"
-    profile: str = "auto"  # run profile of the space: auto (gpu when trials get GPUs, else cpu), cpu, gpu, ...
+    profile: str = "auto"  # run profile of the space: auto (see resolved_profile), cpu, gpu, demo, rehearse, ...
     state_key: str = field(default_factory=default_key_file)  # the driver's key that signs Ray's state (hpo.trusted_state)
 
     def resolved_datasets(self) -> list[str]:
         return list(self.datasets) if self.datasets else (REAL_DATASETS if self.data_root else SIM_DATASETS)
 
     def resolved_profile(self) -> str:
-        """The run profile: ``profile``, with auto meaning gpu when trials get GPUs, else cpu."""
+        """The run profile: ``profile``; auto means gpu when trials get GPUs, else demo for the embedded
+        default data (no --datasets, no --data-root: the ten-minute demo), else cpu."""
         if self.profile != "auto":
             return self.profile
-        return "gpu" if self.gpus_per_trial > 0 else "cpu"
+        if self.gpus_per_trial > 0:
+            return "gpu"
+        return "demo" if not self.datasets and not self.data_root else "cpu"
 
     def experiment_name(self) -> str:
         return self.name or f"{Path(self.space).stem}-search"
@@ -237,6 +240,8 @@ def specialised_space(opts: SearchOptions, record: dict | None = None) -> tuple[
     else:
         space = load_space(opts.space)
     profile = opts.resolved_profile()
+    if profile == "demo" and profile not in space.profiles:
+        profile = "cpu"
     if profile not in space.profiles and profile not in PROFILES:
         names = ", ".join(sorted({"auto", *PROFILES, *space.profiles}))
         raise UserError(f"--profile {profile}: space {space.name} has no such run profile: pass one of {names}.")

@@ -22,7 +22,7 @@ from zsl.models import get_model, load_presets, validate_config
 SPACE_DIR = Path(search_spaces.__file__).resolve().parent  # package data: there in editable and plain installs
 TOP_KEYS = {"model", "preset", "profiles", "params", "published", "description"}
 PROFILE_KEYS = {"preset", "fixed"}
-PROFILES = ("cpu", "gpu")  # --profile auto picks gpu when trials get GPUs, else cpu
+PROFILES = ("cpu", "gpu", "demo")  # names --profile auto picks (hpo.experiment.SearchOptions.resolved_profile)
 PARAM_KEYS = {
     "float": {"type", "low", "high", "log", "when"},
     "int": {"type", "low", "high", "step", "log", "when"},

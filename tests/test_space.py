@@ -145,9 +145,13 @@ def test_the_old_simulated_section_is_refused_with_its_new_spelling():
 
 def test_profile_auto_follows_the_trials_resources_and_unknown_profiles_are_refused():
     from hpo.experiment import SearchOptions, specialised_space
-    assert SearchOptions().resolved_profile() == "cpu"
+    assert SearchOptions().resolved_profile() == "demo"  # the embedded default data
+    assert SearchOptions(datasets=["sim-CUB"]).resolved_profile() == "cpu"
+    assert SearchOptions(data_root="/data").resolved_profile() == "cpu"
     assert SearchOptions(gpus_per_trial=0.5).resolved_profile() == "gpu"
-    assert specialised_space(SearchOptions(space="d2sc", profile="cpu"))[1] == "small"
+    assert specialised_space(SearchOptions(space="d2sc", profile="cpu"))[1] == "cpu"
+    assert specialised_space(SearchOptions(space="d2sc"))[1] == "small"  # demo
+    assert specialised_space(SearchOptions(space="eszsl"))[1] == "small"  # no demo profile: cpu, then as written
     assert specialised_space(SearchOptions(space="d2sc", profile="gpu"))[1] == "paper"
     with pytest.raises(UserError, match="--profile laptop: space d2sc has no such run profile"):
         specialised_space(SearchOptions(space="d2sc", profile="laptop"))

@@ -1,0 +1,71 @@
+"""The paper-scale rehearsal: its checks (fast, on hand-made trial records) and the whole rehearsal
+(slow: paper widths, real class counts, simulated full-scale features, a real local Ray)."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpo.rehearsal import check, render
+from hpo.report import TrialRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ["sim-AWA2"]
+
+
+def _row(stage, epoch, objective, gib=0.5, **extra):
+    keys = {"stage": stage, "epoch": epoch, "objective": objective, "epochs_total": 3, **extra}
+    head = "DRG/sim-AWA2" if stage == "prefix" else "sim-AWA2"
+    keys.update({f"{head}/loss/seconds": 2.0, f"{head}/eval_seconds": 1.0, f"{head}/eval_transient_gib": gib})
+    return keys
+
+
+def _trial(name, rows, status="TERMINATED"):
+    return TrialRecord(name, {}, rows, status)
+
+
+def test_a_clean_rehearsal_passes_and_reports_each_stage():
+    full = _trial("full", [_row("prefix", 0, math.nan), _row("scoring", 1, 5.0), _row("scoring", 2, 6.0),
+                           _row("scoring", 3, 7.0)])
+    stopped = _trial("stopped", [_row("prefix", 0, math.nan), _row("scoring", 1, 1.0)])
+    finding = check([full, stopped], DATASETS)
+    assert finding.failures == []
+    assert finding.judged == [("stopped", 1, "scoring")]
+    assert finding.figures[("sim-AWA2", "DRG")]["train_s"] == [2.0, 2.0]
+    assert len(finding.figures[("sim-AWA2", "scoring")]["eval_gib"]) == 4
+    text = render(finding)
+    assert "rehearsal passed" in text and "judged on a scoring row" in text
+
+
+@pytest.mark.parametrize("trial,fragment", [
+    (_trial("a", [_row("prefix", 0, 3.0)]), "could judge the first stage"),
+    (_trial("b", [_row("prefix", 2, math.nan)]), "could judge the first stage"),
+    (_trial("c", [_row("prefix", 0, math.nan)]), "stopped on a prefix row"),
+    (_trial("d", [_row("scoring", 3, 5.0, gib=4.5)]), "exceeds 4.0 GiB"),
+    (_trial("e", [_row("scoring", 1, 5.0)], status="ERROR"), "errored"),
+    (_trial("f", [_row("scoring", 0, 5.0), _row("scoring", 3, 5.0)]), "a scoring row has epoch 0"),
+])
+def test_each_defect_fails_the_rehearsal(trial, fragment):
+    finding = check([trial], DATASETS)
+    assert any(fragment in f for f in finding.failures), finding.failures
+    assert "rehearsal FAILED" in render(finding)
+
+
+@pytest.mark.slow
+def test_paper_scale_rehearsal(tmp_path, ray_session):
+    """hpo/search.py --space d2sc --rehearse: 3 trials of the paper configuration on sim-AWA2/CUB/SUN full,
+    ASHA, the epoch cap, checkpoints, the final evaluation; exit 0 and the per-stage figures printed."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "hpo/search.py", "--space", "d2sc", "--rehearse", "--storage-path",
+                           str(tmp_path), "--address", ray_session], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=3000)
+    out = proc.stdout + proc.stderr
+    print(out[-4000:])
+    assert proc.returncode == 0, out[-4000:]
+    assert "rehearsal passed" in out
+    for name in ("sim-AWA2", "sim-CUB", "sim-SUN"):
+        assert f"{name:9s} DRG" in out and f"{name:9s} scoring" in out
+    assert (tmp_path / "d2sc-rehearsal" / "report" / "report.md").exists()
