@@ -110,15 +110,16 @@ def local_ids(y: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return lookup[y.cpu()]
 
 
-def generate_per_class(model, classes: torch.Tensor, syn_num: int, progressive: bool, gen: torch.Generator,
+def generate_per_class(model, classes: torch.Tensor, syn_num: int, progressive: bool, seed: int,
                        unseen: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x̂, ĉ, y) on the host, generated class by class with batch = syn_num through the trainer's
-    G_c and G_x (each class a fresh ĉ draw, then one-step or the T-step chain), as the reference does."""
+    G_c and G_x (each class a fresh ĉ draw, then one-step or the T-step chain), as the reference does;
+    each class draws its noise from its own streams (zsl.synthesis, seeded by ``seed`` and the class)."""
     n = classes.numel() * syn_num
     xs = torch.empty(n, model.train_x.shape[1])
     cs = torch.empty(n, model.train_c.shape[1])
     for i, c in enumerate(classes.tolist()):
-        x_hat, c_hat, _ = model.synthesize_features(classes[i:i + 1], syn_num, gen, progressive=progressive,
+        x_hat, c_hat, _ = model.synthesize_features(classes[i:i + 1], syn_num, seed, progressive=progressive,
                                                     unseen=unseen)
         xs[i * syn_num:(i + 1) * syn_num].copy_(x_hat.cpu())
         cs[i * syn_num:(i + 1) * syn_num].copy_(c_hat.cpu())
@@ -146,12 +147,11 @@ def reference_dfg_evaluation(model, *, syn_num: int, epochs: int = 25, lr: float
     """
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    gen = torch.Generator(device=model.device).manual_seed(seed)
     for net in model.nets.values():
         net.eval()
-    syn = {mode: generate_per_class(model, model.unseen, syn_num, mode == "progressive", gen, unseen=True)
-           for mode in MODES}
-    seen_syn = generate_per_class(model, model.seen, syn_num, False, gen, unseen=False)
+    syn = {mode: generate_per_class(model, model.unseen, syn_num, mode == "progressive", seed + k, unseen=True)
+           for k, mode in enumerate(MODES)}
+    seen_syn = generate_per_class(model, model.seen, syn_num, False, seed + len(MODES), unseen=False)
     seconds["generation"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

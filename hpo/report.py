@@ -288,6 +288,18 @@ def write_yaml(path: Path, doc: dict, replay: str, comment: str) -> None:
                     + yaml.safe_dump(doc, sort_keys=False))
 
 
+def shared_and_per_dataset(ctx: SearchContext, params: dict) -> str:
+    """One paragraph: the keys the single setting shares (the space's params) and the base-config keys
+    that still differ between datasets (they stay per dataset), with the data options."""
+    configs = [ctx.base_configs.get(d, {}) for d in ctx.datasets]
+    per_dataset = sorted(k for k in set().union(*configs) - set(params)
+                         if len({repr(c.get(k)) for c in configs}) > 1)
+    embeddings = ctx.class_embedding if isinstance(ctx.class_embedding, dict) else {}
+    data = ", ".join(f"{d}: {e}" for d, e in embeddings.items()) or "the same for every dataset"
+    return (f"The single setting shares {len(params)} keys (every param of the space, sampled or fixed); "
+            f"per dataset, from the base preset: {', '.join(per_dataset) or 'nothing'}; class embedding: {data}.")
+
+
 def render(exp: Path, ctx: SearchContext, label: str, trials, top, per_dataset, final: dict, importances: dict) -> str:
     """report.md as text."""
     ds = ctx.datasets
@@ -307,6 +319,7 @@ def render(exp: Path, ctx: SearchContext, label: str, trials, top, per_dataset, 
         lines += ["", "**No trial learned**: every ranked trial has objective 0 (H = 0 on some dataset), so this "
                   "ranking, the best setting below and any importance carry no information.", ""]
     lines += ["", "Best shared setting (best_setting.yaml):", "", "```", yaml.safe_dump(top[0].config).strip(), "```", ""]
+    lines += [shared_and_per_dataset(ctx, top[0].config), ""]
     lines += ["Best trial per dataset (validation H): " + ", ".join(f"{d}: {t.name.split('_')[1]}" for d, t in per_dataset.items()), ""]
     if importances:
         lines += ["Parameter importances (Optuna fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()), ""]

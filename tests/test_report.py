@@ -38,3 +38,19 @@ def test_a_search_where_no_trial_learned_says_so():
     ctx = SearchContext(model="revcd", preset="small", datasets=["sim-AWA2"])
     text = render(Path("exp"), ctx, "simulated data", trials, trials, {}, {}, {})
     assert "**No trial learned**" in text
+
+
+def test_report_says_which_keys_the_single_setting_shares_and_which_stay_per_dataset():
+    from hpo.report import shared_and_per_dataset
+    from hpo.trainable import SearchContext
+    from zsl.models import make_config
+
+    datasets = ["sim-AWA2", "sim-CUB", "sim-SUN"]
+    ctx = SearchContext(model="d2sc", preset="paper", datasets=datasets,
+                        base_configs={d: make_config("d2sc", "paper", d) for d in datasets},
+                        class_embedding={"sim-AWA2": "att", "sim-CUB": "sent", "sim-SUN": "att"})
+    text = shared_and_per_dataset(ctx, {"dfg_lr": 1e-4, "syn_num": 400, "noise_dim": 312})
+    per_dataset = text.split("per dataset, from the base preset: ")[1].split(";")[0].split(", ")
+    assert {"drg_epochs", "dfg_epochs", "syn_num_drg", "gamma_recons"} <= set(per_dataset)
+    assert "syn_num" not in per_dataset and "noise_dim" not in per_dataset and "batch_size" not in per_dataset
+    assert "shares 3 keys" in text and "sim-CUB: sent" in text
