@@ -37,14 +37,24 @@ class Finding:
     """What a rehearsal saw: failures (each one sentence), rung judgements and per-stage figures."""
 
     failures: list
-    judged: list        # (trial, scoring epoch, stage of the row the scheduler judged)
+    judged: list        # (trial, rung epoch, stage of the row ASHA judged there, "stopped" | "continued")
     figures: dict       # (dataset, stage) -> {"train_s": [...], "eval_s": [...], "eval_gib": [...]}
 
 
-def check(trials: list, datasets: list[str], bound_gib: float = MEMORY_BOUND_GIB) -> Finding:
+def rung_epochs(grace_period: int, reduction_factor: float, max_epoch: int) -> list[int]:
+    """ASHA's milestones grace * rf^k that a run of ``max_epoch`` scoring epochs reaches."""
+    rungs, r = [], float(grace_period)
+    while r <= max_epoch:
+        rungs.append(int(r))
+        r *= reduction_factor
+    return rungs
+
+
+def check(trials: list, datasets: list[str], rungs: list[int] = (1,), bound_gib: float = MEMORY_BOUND_GIB) -> Finding:
     """Check a rehearsal's trials (hpo.report.TrialRecord): no trial errored; every prefix-stage row has
-    epoch 0 and no objective; every scoring row has an epoch >= 1 and a finite objective; every trial
-    the scheduler stopped early was stopped on a scoring row; every evaluation stayed under the bound."""
+    epoch 0 and no objective; every scoring row has an epoch >= 1 and a finite objective; the row ASHA
+    judged at each rung epoch (``rungs``) and the last row of a trial stopped early are scoring rows;
+    every evaluation stayed under the bound."""
     failures, judged, figures = [], [], {}
     for t in trials:
         if t.errored:
@@ -62,10 +72,13 @@ def check(trials: list, datasets: list[str], bound_gib: float = MEMORY_BOUND_GIB
                 if key.endswith("/eval_transient_gib") and value > bound_gib:
                     failures.append(f"trial {t.name}: {key} = {value:.2f} GiB exceeds {bound_gib} GiB.")
         last = t.last
-        if last and not t.errored and last.get("epoch", 0) < last.get("epochs_total", 0):
-            judged.append((t.name, last.get("epoch"), last.get("stage")))
-            if last.get("stage") != "scoring":
-                failures.append(f"trial {t.name} was stopped on a {last.get('stage')} row.")
+        stopped = bool(last) and not t.errored and last.get("epoch", 0) < last.get("epochs_total", 0)
+        for rung in rungs:
+            row = next((r for r in t.rows if r.get("epoch") == rung), None)
+            if row is not None:
+                judged.append((t.name, rung, row.get("stage"), "stopped" if stopped and row is last else "continued"))
+        if stopped and last.get("stage") != "scoring":
+            failures.append(f"trial {t.name} was stopped on a {last.get('stage')} row.")
     if not trials:
         failures.append("the rehearsal produced no trials.")
     return Finding(failures, judged, figures)
@@ -102,7 +115,7 @@ def render(finding: Finding) -> str:
         gib = max(fig["eval_gib"]) if fig["eval_gib"] else float("nan")
         lines.append(f"  {name:9s} {stage:8s} train {mean(fig['train_s']):7.1f} s  eval {mean(fig['eval_s']):7.1f} s  "
                      f"memory {gib:5.2f} GiB  ({len(fig['train_s'])} epochs)")
-    for trial, epoch, stage in finding.judged:
-        lines.append(f"  stopped early: {trial} at scoring epoch {epoch}, judged on a {stage} row")
+    for trial, epoch, stage, outcome in finding.judged:
+        lines.append(f"  ASHA rung at scoring epoch {epoch}: {trial} judged on a {stage} row ({outcome})")
     lines.append("rehearsal passed" if not finding.failures else "rehearsal FAILED:\n  " + "\n  ".join(finding.failures))
     return "\n".join(lines)

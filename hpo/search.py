@@ -118,14 +118,18 @@ def main(argv: list[str] | None = None) -> int:
 def rehearsal_verdict(opts: SearchOptions) -> int:
     """Check a finished rehearsal, evaluate its best setting on the final protocol, print both; 0 if it passed."""
     from hpo.experiment import experiment_dir
-    from hpo.rehearsal import check, render
+    from hpo.rehearsal import check, render, rung_epochs
     from hpo.report import read_trials, write_report
 
     exp = experiment_dir(opts)
-    finding = check(read_trials(Path(exp)), opts.resolved_datasets())
+    trials = read_trials(Path(exp))
+    last_epoch = max((t.last.get("epochs_total", 0) for t in trials), default=0)
+    rungs = rung_epochs(opts.grace_period, opts.reduction_factor, last_epoch)
+    finding = check(trials, opts.resolved_datasets(), rungs)
     report = write_report(exp)  # retrains the best setting on the final protocol
+    size = sum(f.stat().st_size for f in Path(exp).rglob("*") if f.is_file() and f.parent != report)
     print(render(finding))
-    print(f"final evaluation and report: {report}")
+    print(f"experiment folder: {size / 2**30:.1f} GiB (checkpoints of paper-width runs); final evaluation and report: {report}")
     return 0 if not finding.failures else 1
 
 
