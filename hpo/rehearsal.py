@@ -116,6 +116,7 @@ def render(finding: Finding) -> str:
         lines.append(f"  {name:9s} {stage:8s} train {mean(fig['train_s']):7.1f} s  eval {mean(fig['eval_s']):7.1f} s  "
                      f"memory {gib:5.2f} GiB  ({len(fig['train_s'])} epochs)")
     for trial, epoch, stage, outcome in finding.judged:
-        lines.append(f"  ASHA rung at scoring epoch {epoch}: {trial} judged on a {stage} row ({outcome})")
+        short = trial.split("_")[1] if trial.count("_") >= 2 else trial  # Ray's trainable_<id>_<n>_<params>
+        lines.append(f"  ASHA rung at scoring epoch {epoch}: trial {short} judged on a {stage} row ({outcome})")
     lines.append("rehearsal passed" if not finding.failures else "rehearsal FAILED:\n  " + "\n  ".join(finding.failures))
     return "\n".join(lines)

@@ -65,8 +65,8 @@ def test_paper_scale_rehearsal(tmp_path, ray_session):
     """hpo/search.py --space d2sc --rehearse: 3 trials of the paper configuration on sim-AWA2/CUB/SUN full,
     ASHA, the epoch cap, checkpoints, the final evaluation; exit 0 and the per-stage figures printed."""
     free_gib = shutil.disk_usage(tmp_path).free / 2**30
-    if free_gib < 25:  # 3 trials keep 2 checkpoints each of 3 paper-width runs: ~17 GiB (measured)
-        pytest.skip(f"the paper-scale rehearsal writes ~17 GiB of checkpoints; {free_gib:.0f} GiB free here")
+    if free_gib < 32:  # 3 trials keep 2 checkpoints each of 3 paper-width runs: the folder reached 21 GiB (measured)
+        pytest.skip(f"the paper-scale rehearsal writes ~21 GiB of checkpoints; {free_gib:.0f} GiB free here")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "hpo/search.py", "--space", "d2sc", "--rehearse", "--storage-path",
                            str(tmp_path), "--address", ray_session], cwd=ROOT, env=env, capture_output=True,
@@ -74,7 +74,7 @@ def test_paper_scale_rehearsal(tmp_path, ray_session):
     out = proc.stdout + proc.stderr
     print(out[-4000:])
     assert proc.returncode == 0, out[-4000:]
-    assert "rehearsal passed" in out
+    assert "rehearsal passed" in out and "judged on a scoring row" in out
     for name in ("sim-AWA2", "sim-CUB", "sim-SUN"):
         assert f"{name:9s} DRG" in out and f"{name:9s} scoring" in out
     assert (tmp_path / "d2sc-rehearsal" / "report" / "report.md").exists()
