@@ -15,7 +15,7 @@ import math
 import os
 import re
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from zsl.errors import UserError
@@ -239,13 +239,18 @@ def specialised_space(opts: SearchOptions, record: dict | None = None) -> tuple[
         space = parse_space(saved["doc"], f"{saved['source']} (as recorded in {SEARCH_FILE})", saved["name"])
     else:
         space = load_space(opts.space)
+    return space.specialise(run_profile(opts, space))
+
+
+def run_profile(opts: SearchOptions, space: Space) -> str:
+    """The run profile ``opts`` asks of ``space`` (demo falls back to cpu in a space without one)."""
     profile = opts.resolved_profile()
     if profile == "demo" and profile not in space.profiles:
         profile = "cpu"
     if profile not in space.profiles and profile not in PROFILES:
         names = ", ".join(sorted({"auto", *PROFILES, *space.profiles}))
         raise UserError(f"--profile {profile}: space {space.name} has no such run profile: pass one of {names}.")
-    return space.specialise(profile)
+    return profile
 
 
 def provenance() -> dict:
@@ -327,7 +332,8 @@ def prepare(opts: SearchOptions) -> tuple[Space, SearchContext, Path]:
     doc, source, name = read_space_doc(opts.space)
     space_record = {"name": name, "source": source, "doc": doc}
     space, preset, overrides = specialised_space(opts, {"space": space_record})
-    ctx = make_context(opts, preset, overrides, space.model)
+    profile = run_profile(opts, space)  # recorded: "" when the space defines no such profile (run as written)
+    ctx = replace(make_context(opts, preset, overrides, space.model), profile=profile if profile in space.profiles else "")
     check_datasets(ctx)
     if exists and opts.force:
         if not is_remote(experiment_dir(opts)):

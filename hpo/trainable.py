@@ -64,6 +64,7 @@ class SearchContext:
     split_percent: int = 100
     scaler_fit: str = "train_rows"
     base_configs: dict = field(default_factory=dict)  # {dataset: resolved base config}, fixed at search start
+    profile: str = ""  # the space's run profile the search used (hpo.experiment.run_profile)
 
     def to_dict(self) -> dict:
         return asdict(self)

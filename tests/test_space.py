@@ -194,3 +194,13 @@ def test_cli_bad_yaml_file_exit_2(tmp_path):
     inverted = tmp_path / "inv.yaml"
     inverted.write_text("model: eszsl\nparams: {gamma: {type: float, low: 10, high: 1}}\n")
     assert search_main(["--space", str(inverted), "--storage-path", str(tmp_path)]) == 2
+
+
+def test_the_search_record_holds_the_run_profile_it_used(tmp_path):
+    from hpo.experiment import SearchOptions, prepare
+
+    opts = SearchOptions(space="d2sc", datasets=["sim-AWA2"], storage_path=str(tmp_path), name="p", profile="cpu")
+    _, ctx, _ = prepare(opts)
+    assert ctx.profile == "cpu" and ctx.base_configs["sim-AWA2"]["gen_hidden"] == 512
+    _, ctx, _ = prepare(SearchOptions(space="eszsl", datasets=["sim-AWA2"], storage_path=str(tmp_path), name="q"))
+    assert ctx.profile == ""  # eszsl defines no profiles: run as written
