@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=["small", "full"], default=d.scale, help="size of simulated datasets")
     p.add_argument("--profile", default=d.profile,
                    help="run profile of the space (sizes for a machine, on real and simulated data alike): cpu, gpu, "
-                        "or auto (default: gpu when --gpus-per-trial > 0, else cpu)")
+                        "demo, or auto (default: gpu when --gpus-per-trial > 0, demo for the embedded default data, "
+                        "else cpu)")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="number of trials")
     p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)

@@ -149,6 +149,7 @@ def parse_space(doc: Any, where: str, name: str) -> Space:
     profiles = doc.get("profiles") or {}
     if not isinstance(profiles, dict):
         raise UserError(f"search space file {where}: 'profiles' must be a mapping of profile name: {{preset, fixed}}: fix it.")
+    checked = {}
     for pname, entry in profiles.items():
         entry = {} if entry is None else entry
         if not isinstance(entry, dict):
@@ -159,7 +160,7 @@ def parse_space(doc: Any, where: str, name: str) -> Space:
         if not isinstance(fixed, dict):
             raise UserError(f"search space file {where}: 'profiles.{pname}.fixed' must be a mapping of hyperparameter: value: fix it.")
         _check_values(config_cls, fixed, model, where, f"profiles.{pname}.fixed")
-        profiles[pname] = {"preset": entry.get("preset"), "fixed": dict(fixed)}
+        checked[str(pname)] = {"preset": entry.get("preset"), "fixed": dict(fixed)}
     raw_params = doc["params"]
     if not isinstance(raw_params, dict) or not raw_params:
         raise UserError(f"search space file {where}: 'params' must be a non-empty mapping of hyperparameter: spec: fix it.")
@@ -167,7 +168,7 @@ def parse_space(doc: Any, where: str, name: str) -> Space:
     for pname, spec in raw_params.items():
         params.append(_parse_param(str(pname), spec, params, config_cls, model, where))
     published = _check_published(doc.get("published"), params, where)
-    return Space(name, where, model, preset, tuple(params), published, {str(k): v for k, v in profiles.items()})
+    return Space(name, where, model, preset, tuple(params), published, checked)
 
 
 def _check_keys(mapping: dict, allowed: set, where: str, what: str) -> None:
