@@ -7,6 +7,7 @@ data seed, evaluated once at the end of training.  Prints S/U/H/ZSL and wall sec
     python bench/cpu_profile.py                                           # sim-AWA2/CUB/SUN full (simulated)
     python bench/cpu_profile.py --datasets CUB --data-root ~/xlsa17/data  # real features you bring
     python bench/cpu_profile.py --threads 1 --seed 1
+    python bench/cpu_profile.py --device cuda       # the same configurations on a GPU (other random streams)
 
 Simulated datasets are labelled simulated; a real data root's numbers are real-feature numbers of
 that data.  Prints figures; never asserts.
@@ -29,7 +30,7 @@ def one(model: str, preset: str, dataset: str, args) -> tuple[dict, float, str]:
     spec = RunSpec(model, dataset, preset, "validation", args.seed, args.data_seed, "full", args.data_root,
                    resolve_config(model, preset, dataset))
     start = time.perf_counter()
-    run = Run(spec, "cpu", threads=args.threads)
+    run = Run(spec, args.device, threads=args.threads)
     scores = run.run_to_end()
     return scores, time.perf_counter() - start, run.data.label
 
@@ -41,7 +42,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu (the profile's machine) | cuda: the same runs on a GPU")
     args = ap.parse_args()
+    print(f"device {args.device}, threads {args.threads}, seed {args.seed}, data seed {args.data_seed}; validation protocol")
     print(f"{'data':48s} {'model':14s}      S      U      H    ZSL   wall s")
     for dataset in args.datasets.split(","):
         for model, preset in (("eszsl", None), ("d2sc", "cpu")):

@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{100 * m['ratio']:.0f}% (per CPU second: {100 * m['ratio_cpu']:.0f}%); batch-64 shape "
               f"[64x4096]@[4096x4096] {m['b64']:.1f} GFLOP/s -> {100 * m['ratio_b64']:.0f}% | epoch of "
               f"{math.ceil(sizes['n_train'] / 64)} iterations ~ {m['sec'] * math.ceil(sizes['n_train'] / 64) / 60:.1f} min")
+    if device.type == "cuda":
+        print(f"device memory: peak allocated {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB "
+              f"({torch.cuda.get_device_name(device)}), training only")
     if args.eval:
         try:
             import zsl.evaluation  # noqa: F401
