@@ -96,6 +96,23 @@ def test_resume_continues_to_the_uninterrupted_result(tmp_path, monkeypatch, cap
     assert "gamma" in capsys.readouterr().err
 
 
+def test_resume_on_another_device_type_is_refused(tmp_path, capsys):
+    """A checkpoint's random streams belong to its device type (a CUDA generator state cannot seed a
+    CPU one): resuming it elsewhere is one sentence and exit 2, and the checkpoint is left as it was."""
+    out = tmp_path / "run"
+    assert train.main([*FAST, "--epochs", "2", "--out", str(out)]) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["model"]["device_type"] == "cpu"
+    state["model"]["device_type"] = "cuda"          # as written by a run on a GPU
+    torch.save(state, out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert train.main([*FAST, "--epochs", "2", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cuda device" in err and "Traceback" not in err
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
 def _bad_config(tmp_path: Path) -> str:
     path = tmp_path / "bad.yaml"
     path.write_text("config: {lr: [1,\n")

@@ -115,6 +115,7 @@ class Run:
         self.data = data if data is not None else load_run_data(spec)
         torch.manual_seed(spec.seed)
         self.trainer = get_model(spec.model)(spec.config, self.data, device, spec.seed)
+        self.device_type = torch.device(device).type
 
     @property
     def epoch(self) -> int:
@@ -164,7 +165,15 @@ class Run:
         return self.evaluate()
 
     def state_dict(self) -> dict:
-        return self.trainer.state_dict()
+        """The trainer's state, plus the device type its random streams belong to."""
+        return {**self.trainer.state_dict(), "device_type": self.device_type}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`.  A state written on another device type is refused: CPU and
+        CUDA generators are different streams, so the run could not continue as it would have."""
+        state = dict(state)
+        saved = state.pop("device_type", None)
+        if saved is not None and saved != self.device_type:
+            raise UserError(f"the checkpoint was written on a {saved} device and its random streams belong to it: "
+                            f"resume it on a {saved} device, or start a fresh run.")
         self.trainer.load_state_dict(state)

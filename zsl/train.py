@@ -193,11 +193,11 @@ def atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(out: Path, spec: RunSpec, model, history: list[dict]) -> None:
+def save_checkpoint(out: Path, spec: RunSpec, run: Run, history: list[dict]) -> None:
     import torch
 
-    state = {"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "epoch": model.epoch,
-             "model": model.state_dict(), "history": history}
+    state = {"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "epoch": run.epoch,
+             "model": run.state_dict(), "history": history}
     atomic_write(out / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
 
 
@@ -279,7 +279,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
           f"{len(data.eval_unseen_y)} eval-unseen rows, {data.feature_dim}-d features", flush=True)
     history: list[dict] = []
     if state is not None:
-        model.load_state_dict(state["model"])
+        run.load_state_dict(state["model"])
         history = list(state["history"])
         print(f"resumed from {out / 'checkpoint.pt'} after epoch {model.epoch}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
                 line += " | " + format_numbers({k: metrics[k] for k in metrics if k in METRIC_KEYS})
             tqdm.write(line, file=sys.stdout)
             if epoch % checkpoint_every == 0 or epoch == total:
-                save_checkpoint(out, spec, model, history)
+                save_checkpoint(out, spec, run, history)
         if not history or history[-1]["epoch"] != model.epoch:  # e.g. resumed after the last epoch
             history.append({"epoch": model.epoch, **plain(run.evaluate())})
     finally:
