@@ -16,25 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import yaml
 
 from hpo import cluster_checks
 from zsl.errors import EXIT_USER_ERROR, UserError
+from zsl.userfiles import read_yaml_file
 
 
 def load_config(path: Path) -> tuple[str, dict[str, Any]]:
     """Read a cluster YAML file with safe_load; returns (raw text, parsed mapping)."""
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read the cluster config ({err.strerror}); "
-                        "pass the path of an existing YAML file") from None
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}: is not valid YAML{where}; fix the syntax there") from None
+    text, config = read_yaml_file(path, str(path))
     if not isinstance(config, dict):
         raise UserError(f"{path}: is not a mapping of cluster settings; "
                         "start from cluster/gpu.yaml or cluster/local.yaml")
@@ -87,6 +77,9 @@ def summary(path: Path, config: dict[str, Any]) -> str:
 def validate(path: Path) -> tuple[list[str], str]:
     """All problems of a cluster config (sentences prefixed with the file), and its summary."""
     text, config = load_config(path)
+    shapes = cluster_checks.check_shapes(config)
+    if shapes:  # the other checks (Ray's too) would stumble over these fields
+        return [f"{path}: {p}." for p in shapes], ""
     schema = ray_schema_problem(config)
     problems = ([schema] if schema else []) + cluster_checks.project_problems(text, config)
     return [f"{path}: {p}." for p in problems], summary(path, config)

@@ -7,6 +7,7 @@ naming what is wrong and how to fix it (the caller prefixes the file name).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from typing import Any, Iterable
@@ -21,25 +22,112 @@ OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
 # EC2 families with GPUs (g4dn, g5, g6, g6e, p3, p4d, p5, ...).
 GPU_INSTANCE_RE = re.compile(r"^(g\d|p\d)[a-z0-9-]*\.", re.IGNORECASE)
 
-CREDENTIAL_PATTERNS = [
-    (re.compile(r"aws_access_key_id", re.IGNORECASE), "an aws_access_key_id"),
-    (re.compile(r"aws_secret_access_key", re.IGNORECASE), "an aws_secret_access_key"),
-    (re.compile(r"aws_session_token", re.IGNORECASE), "an aws_session_token"),
-    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key id (AKIA.../ASIA...)"),
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
-    (re.compile(r"RAY_AUTH_TOKEN\s*[=:]\s*\S", re.IGNORECASE), "a Ray auth token"),
+CLOUD_FIX = ("let nodes authenticate through their IAM instance profile (AWS) or your local credential files")
+GITHUB_FIX = ("revoke it on GitHub, then give nodes access through a deploy key or a credential file in "
+              "file_mounts (kept out of git)")
+CREDENTIAL_PATTERNS = [  # (pattern, what it is, how to do without it)
+    (re.compile(r"aws_access_key_id", re.IGNORECASE), "an aws_access_key_id", CLOUD_FIX),
+    (re.compile(r"aws_secret_access_key", re.IGNORECASE), "an aws_secret_access_key", CLOUD_FIX),
+    (re.compile(r"aws_session_token", re.IGNORECASE), "an aws_session_token", CLOUD_FIX),
+    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key id (AKIA.../ASIA...)", CLOUD_FIX),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key", CLOUD_FIX),
+    (re.compile(r"RAY_AUTH_TOKEN\s*[=:]\s*\S", re.IGNORECASE), "a Ray auth token", CLOUD_FIX),
+    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), "a GitHub token (ghp_/gho_/ghu_/ghs_/ghr_...)", GITHUB_FIX),
+    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"), "a GitHub fine-grained token (github_pat_...)", GITHUB_FIX),
 ]
 
+# RAY_AUTH_MODE=<value>, with the quotes or escaped quotes a shell line may put around the value.
+AUTH_MODE_RE = re.compile(r"RAY_AUTH_MODE\s*=\s*[\\'\"]*([^\s\\'\";|&)]*)")
+DASHBOARD_HOST_RE = re.compile(r"--dashboard-host(?:\s*=\s*|\s+)[\\'\"]*([^\s\\'\";|&)]+)")
 STORAGE_FLAG_RE = re.compile(r"(?:--storage-path[ =]|ZSL_HPO_STORAGE_PATH=)['\"]?([^\s'\";|&)]+)")
 SHARED_MOUNT_RE = re.compile(r"mount\b[^;&|]*?-t\s+(?:nfs4?|efs|lustre|cifs|glusterfs)\b[^;&|]*?\s(/[^\s;&|)]+)")
 NODE_LOCAL_PREFIXES = ("/tmp", "/var/tmp", "/dev/shm", "~", "$HOME", "${HOME}", "/root", "/home")
 
 
+RANGE_FIELDS = {"IpRanges": "CidrIp", "Ipv6Ranges": "CidrIpv6"}  # an ingress rule's address lists and their key
+COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands",
+                "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+KIND_NAMES = {dict: "a mapping", list: "a list", str: "text", int: "a whole number"}
+
+
+def _described(value: Any) -> str:
+    if value is None:
+        return "empty"
+    kind = next((name for kind, name in KIND_NAMES.items() if isinstance(value, kind) and not isinstance(value, bool)),
+                f"a {type(value).__name__}")
+    return f"{kind} ({value!r})" if isinstance(value, (str, int, float, bool)) else kind
+
+
+def check_shapes(config: dict[str, Any]) -> list[str]:
+    """The fields the project checks read have the types of cluster/gpu.yaml (a string where a mapping belongs,
+    a port written as text, an address list that is not a list ...); the other checks run only when this finds
+    nothing."""
+    problems: list[str] = []
+
+    def expect(value: Any, kind: type, where: str, example: str) -> bool:
+        if isinstance(value, kind) and not isinstance(value, bool):
+            return True
+        problems.append(f"{where} is {_described(value)}, not {KIND_NAMES[kind]}; write it {example}")
+        return False
+
+    provider = config.get("provider", {})
+    if expect(provider, dict, "provider", "as a mapping like cluster/gpu.yaml's (type: aws, region: ...)"):
+        group = provider.get("security_group", {})
+        if expect(group, dict, "provider.security_group", "as a mapping with GroupName and IpPermissions"):
+            rules = group.get("IpPermissions", [])
+            if expect(rules, list, "provider.security_group.IpPermissions", "as a list of rules"):
+                for i, rule in enumerate(rules):
+                    _check_rule(rule, f"provider.security_group.IpPermissions[{i}]", expect, problems)
+    types = config.get("available_node_types", {})
+    if expect(types, dict, "available_node_types", "as a mapping of node type name to its settings"):
+        for name, node_type in types.items():
+            where = f"available_node_types.{name}"
+            if expect(node_type, dict, where, "as a mapping with node_config, resources, min/max_workers"):
+                for key in ("node_config", "resources", "docker"):
+                    if key in node_type:
+                        expect(node_type[key], dict, f"{where}.{key}", "as a mapping")
+                if "worker_setup_commands" in node_type:
+                    _check_commands(node_type["worker_setup_commands"], f"{where}.worker_setup_commands", expect)
+    if "docker" in config:
+        expect(config["docker"], dict, "docker", "as a mapping with image and container_name")
+    for key in COMMAND_KEYS:
+        if key in config:
+            _check_commands(config[key], key, expect)
+    return problems
+
+
+def _check_rule(rule: Any, where: str, expect, problems: list[str]) -> None:
+    if not expect(rule, dict, where, "as a mapping with IpProtocol, FromPort, ToPort and IpRanges"):
+        return
+    for key in ("FromPort", "ToPort"):
+        if key in rule:
+            expect(rule[key], int, f"{where}.{key}", f"as a number ({key}: 8265)")
+    for field, key in RANGE_FIELDS.items():
+        entries = rule.get(field, [])
+        if not expect(entries, list, f"{where}.{field}", f"as a list of {{{key}: ...}} entries"):
+            continue
+        for j, entry in enumerate(entries):
+            at = f"{where}.{field}[{j}]"
+            if expect(entry, dict, at, f"as a mapping {{{key}: 10.0.0.0/8}}") and expect(
+                    entry.get(key), str, f"{at}.{key}", "as an address range such as 10.0.0.0/8"):
+                try:
+                    network = ipaddress.ip_network(entry[key], strict=False)
+                except ValueError:
+                    network = None
+                if network is None or network.version != (4 if key == "CidrIp" else 6):
+                    problems.append(f"{at}.{key} {entry[key]!r} is not an IPv{4 if key == 'CidrIp' else 6} address "
+                                    "range; write it like " + ("10.0.0.0/8" if key == "CidrIp" else "fd00::/8"))
+
+
+def _check_commands(commands: Any, where: str, expect) -> None:
+    if expect(commands, list, where, "as a list of shell command lines"):
+        for i, command in enumerate(commands):
+            expect(command, str, f"{where}[{i}]", "as one shell command line (quote it)")
+
+
 def all_commands(config: dict[str, Any]) -> list[str]:
     """Every shell command line of the config (setup, start and initialization lists)."""
-    keys = ("initialization_commands", "setup_commands", "head_setup_commands",
-            "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
-    commands = [c for k in keys for c in (config.get(k) or []) if isinstance(c, str)]
+    commands = [c for k in COMMAND_KEYS for c in (config.get(k) or []) if isinstance(c, str)]
     for node_type in (config.get("available_node_types") or {}).values():
         commands += [c for c in (node_type.get("worker_setup_commands") or []) if isinstance(c, str)]
     return commands
@@ -47,11 +135,7 @@ def all_commands(config: dict[str, Any]) -> list[str]:
 
 def check_credentials(text: str) -> list[str]:
     """Secrets pasted into the file (they would be copied to every node and into git)."""
-    return [
-        f"contains {what}; remove it and let nodes authenticate through their IAM instance "
-        "profile (AWS) or your local credential files"
-        for pattern, what in CREDENTIAL_PATTERNS if pattern.search(text)
-    ]
+    return [f"contains {what}; remove it and {fix}" for pattern, what, fix in CREDENTIAL_PATTERNS if pattern.search(text)]
 
 
 def _covers(rule: dict[str, Any], port: int) -> bool:
@@ -64,21 +148,33 @@ def _covers(rule: dict[str, Any], port: int) -> bool:
     return isinstance(low, int) and isinstance(high, int) and low <= port <= high
 
 
+def _public_networks(networks: list) -> list:
+    """The networks, merged, that reach beyond one organisation's public block (wider than an IPv4 /24 or an
+    IPv6 /48, not private, loopback or link-local): 0.0.0.0/1 plus 128.0.0.0/1 is the whole internet too."""
+    out = []
+    for version, widest in ((4, 24), (6, 48)):
+        merged = ipaddress.collapse_addresses(n for n in networks if n.version == version)
+        out += [n for n in merged if n.prefixlen < widest and not (n.is_private or n.is_loopback or n.is_link_local)]
+    return out
+
+
 def check_security_group(config: dict[str, Any]) -> list[str]:
-    """No inbound rule may open the dashboard, GCS or client port to the internet."""
+    """No inbound rules may open the dashboard, GCS or client port to the internet (or a wide part of it).
+
+    Runs on a config that passed :func:`check_shapes`."""
     rules = ((config.get("provider") or {}).get("security_group") or {}).get("IpPermissions") or []
     problems = []
-    for rule in rules:
-        cidrs = {r.get("CidrIp") for r in rule.get("IpRanges") or []}
-        cidrs |= {r.get("CidrIpv6") for r in rule.get("Ipv6Ranges") or []}
-        if not cidrs & OPEN_CIDRS:
-            continue
-        for port, name in PRIVATE_PORTS.items():
-            if _covers(rule, port):
-                problems.append(
-                    f"its security group opens the {name} port {port} to the whole internet; "
-                    "remove that rule from provider.security_group.IpPermissions and reach the "
-                    "cluster through `ray dashboard`/SSH instead")
+    for port, name in PRIVATE_PORTS.items():
+        networks = [ipaddress.ip_network(r[key], strict=False) for rule in rules if _covers(rule, port)
+                    for field, key in RANGE_FIELDS.items() for r in rule.get(field) or []]
+        public = _public_networks(networks)
+        if public:
+            reach = ("the whole internet" if any(n.prefixlen == 0 for n in public)
+                     else "the public internet (" + ", ".join(map(str, public)) + ")")
+            problems.append(
+                f"its security group opens the {name} port {port} to {reach}; "
+                "remove that rule from provider.security_group.IpPermissions and reach the "
+                "cluster through `ray dashboard`/SSH instead")
     return problems
 
 
@@ -88,16 +184,31 @@ def check_start_commands(config: dict[str, Any]) -> list[str]:
     starts = [c for k in ("head_start_ray_commands", "worker_start_ray_commands")
               for c in (config.get(k) or []) if "ray start" in str(c)]
     text = "\n".join(all_commands(config))
-    if re.search(r"RAY_AUTH_MODE=['\"]?disabled", text):
-        problems.append("disables Ray token authentication (RAY_AUTH_MODE=disabled); "
+    modes = sorted({m.group(1) for m in AUTH_MODE_RE.finditer(text) if m.group(1).lower() != "token"})
+    if modes:
+        problems.append(f"disables Ray token authentication (RAY_AUTH_MODE={modes[0] or '(empty)'}); "
                         "set RAY_AUTH_MODE=token in the start commands")
     elif starts and not all("RAY_AUTH_MODE=token" in c for c in starts):
         problems.append("starts Ray without token authentication; prefix every `ray start` in "
                         "head_start_ray_commands and worker_start_ray_commands with RAY_AUTH_MODE=token")
-    if re.search(r"--dashboard-host[ =]['\"]?(0\.0\.0\.0|::)(?![0-9a-f:])", text):
+    hosts = [m.group(1) for m in DASHBOARD_HOST_RE.finditer(text)]
+    if any(h in ("0.0.0.0", "::") for h in hosts):
         problems.append("binds the dashboard to every interface (--dashboard-host=0.0.0.0); use "
                         "--dashboard-host=127.0.0.1 and `ray dashboard` to tunnel to it")
+    elif any(not _loopback(h) for h in hosts):
+        host = next(h for h in hosts if not _loopback(h))
+        problems.append(f"binds the dashboard to {host}, an address other machines can reach; use "
+                        "--dashboard-host=127.0.0.1 and `ray dashboard` to tunnel to it")
     return problems
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name or a shell variable: it may resolve to anything
 
 
 def storage_paths(config: dict[str, Any]) -> list[str]:

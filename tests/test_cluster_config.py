@@ -62,6 +62,19 @@ def open_port(config, port, protocol="tcp"):
         {"IpProtocol": protocol, "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]})
 
 
+def add_rule(port=8265, **fields):
+    """An edit appending an ingress rule for ``port`` with ``fields`` (IpRanges, Ipv6Ranges, ports as given)."""
+    return lambda c: c["provider"]["security_group"]["IpPermissions"].append(
+        {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, **fields})
+
+
+def head_start(command):
+    return lambda c: c.update(head_start_ray_commands=["ray stop", command])
+
+
+SAFE_START = "RAY_AUTH_MODE=token ray start --head --dashboard-host=127.0.0.1"
+
+
 BROKEN = {
     # name: (edit, words the one failure sentence must contain)
     "schema_unknown_field": (lambda c: c.update(max_wrokers=3), ["schema", "max_wrokers"]),
@@ -96,6 +109,45 @@ BROKEN = {
                       ["AKIA"]),
     "secret_key": (lambda c: c["provider"].update(aws_secret_access_key="abc/def"),
                    ["aws_secret_access_key", "IAM"]),
+    # issue 14: wrong types (were AttributeError tracebacks)
+    "ip_ranges_as_text": (add_rule(IpRanges="0.0.0.0/0"), ["IpPermissions[1].IpRanges is text", "a list"]),
+    "ip_ranges_of_text": (add_rule(IpRanges=["0.0.0.0/0"]), ["IpRanges[0] is text", "CidrIp"]),
+    "node_types_as_list": (lambda c: c.update(available_node_types=["head"]),
+                           ["available_node_types is a list", "a mapping"]),
+    "node_type_empty": (lambda c: c["available_node_types"].update(gpu_spot_1x=None),
+                        ["available_node_types.gpu_spot_1x is empty"]),
+    "provider_as_text": (lambda c: c.update(provider="aws"), ["provider is text ('aws')", "a mapping"]),
+    "provider_as_list": (lambda c: c.update(provider=["aws"]), ["provider is a list"]),
+    # issue 14: open networks, ports as text, dashboard address, tokens, auth (were accepted)
+    "ipv4_halves_open_dashboard": (add_rule(IpRanges=[{"CidrIp": "0.0.0.0/1"}, {"CidrIp": "128.0.0.0/1"}]),
+                                   ["dashboard port 8265", "whole internet"]),
+    "ipv6_everything_to_gcs": (add_rule(6379, Ipv6Ranges=[{"CidrIpv6": "::/0"}]), ["GCS port 6379", "whole internet"]),
+    "port_as_text": (add_rule("8265", IpRanges=[{"CidrIp": "0.0.0.0/0"}]), ["FromPort is text ('8265')", "number"]),
+    "dashboard_routable": (head_start("RAY_AUTH_MODE=token ray start --head --dashboard-host=203.0.113.7"),
+                           ["203.0.113.7", "127.0.0.1"]),
+    "github_classic_token": (lambda c: c["setup_commands"].append(f"git clone https://ghp_{'a1B2' * 9}@github.com/o/r"),
+                             ["GitHub token", "revoke"]),
+    "github_fine_grained_token": (lambda c: c["setup_commands"].append(f"export GH_TOKEN=github_pat_{'A1b2' * 20}"),
+                                  ["github_pat_", "revoke"]),
+    "auth_off_in_escaped_quotes": (head_start('RAY_AUTH_MODE=\\"disabled\\" ray start --head --dashboard-host=127.0.0.1'),
+                                   ["RAY_AUTH_MODE=disabled"]),
+    # own cases
+    "ipv6_halves_open_client": (add_rule(10001, Ipv6Ranges=[{"CidrIpv6": "::/1"}, {"CidrIpv6": "8000::/1"}]),
+                                ["client port 10001", "whole internet"]),
+    "wide_public_range": (add_rule(6379, IpRanges=[{"CidrIp": "52.0.0.0/8"}]), ["GCS port 6379", "52.0.0.0/8"]),
+    "cidr_not_a_network": (add_rule(IpRanges=[{"CidrIp": "everyone"}]), ["'everyone' is not an IPv4 address range"]),
+    "security_group_as_text": (lambda c: c["provider"].update(security_group="open"),
+                               ["provider.security_group is text"]),
+    "setup_commands_as_text": (lambda c: c.update(setup_commands="pip install ."), ["setup_commands is text", "a list"]),
+    "command_not_text": (lambda c: c["setup_commands"].append({"run": "x"}), ["setup_commands[3] is a mapping"]),
+    "dashboard_private_address": (head_start("RAY_AUTH_MODE=token ray start --head --dashboard-host 10.0.0.5"),
+                                  ["10.0.0.5", "other machines can reach"]),
+    "dashboard_quoted_everywhere": (head_start('RAY_AUTH_MODE=token ray start --head --dashboard-host="0.0.0.0"'),
+                                    ["every interface"]),
+    "auth_off_in_bashrc": (lambda c: c["setup_commands"].append("echo 'export RAY_AUTH_MODE=disabled' >> ~/.bashrc"),
+                           ["RAY_AUTH_MODE=disabled"]),
+    "auth_off_upper_case": (head_start("RAY_AUTH_MODE=DISABLED ray start --head --dashboard-host=127.0.0.1"),
+                            ["RAY_AUTH_MODE=DISABLED"]),
 }
 
 
@@ -109,6 +161,26 @@ def test_broken_config_fails_with_one_sentence(name, tmp_path, capsys):
     assert relevant, f"no failure mentions {words}: {err}"
     for line in err:
         assert line.startswith(f"{path}: ") and line.endswith(".") and "\n" not in line
+
+
+@pytest.mark.parametrize("name,text,words", [
+    ("non_utf8", GPU_YAML.read_bytes() + b"# caf\xe9\n", ["byte 0xe9", "UTF-8"]),
+    ("alias_bomb", b"a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n".encode() for i in range(1, 9)), ["alias bomb"]),
+    ("alias_cycle", b"provider: &p {type: aws, again: *p}\n", ["cycle"]),
+])
+def test_unusable_yaml_gives_one_sentence(name, text, words, tmp_path, capsys):
+    path = tmp_path / f"{name}.yaml"
+    path.write_bytes(text)
+    code, out, err = run_validate(path, capsys)
+    assert code == 2 and out == "" and len(err) == 1 and err[0].startswith(f"{path}: "), err
+    assert all(w in err[0] for w in words), err
+
+
+def test_safe_start_is_fine_and_loopback_dashboard_addresses_pass(tmp_path, capsys):
+    for host in ("127.0.0.1", "localhost", "::1"):
+        path = write_variant(tmp_path, head_start(SAFE_START.replace("127.0.0.1", host)))
+        assert run_validate(path, capsys)[0] == 0, host
 
 
 def test_all_ports_rule_counts_as_open(tmp_path, capsys):
@@ -139,12 +211,12 @@ def test_local_config_schema_error(tmp_path, capsys):
 def test_unreadable_and_malformed_files(tmp_path, capsys):
     missing = tmp_path / "nope.yaml"
     code, _, err = run_validate(missing, capsys)
-    assert code == 2 and err == [f"{missing}: cannot read the cluster config (No such file or directory); "
-                                 "pass the path of an existing YAML file"]
+    assert code == 2 and err == [f"{missing}: cannot read it (No such file or directory): "
+                                 "pass the path of an existing YAML file."]
     bad = tmp_path / "bad.yaml"
     bad.write_text("cluster_name: x\nprovider: [unclosed\n")
     code, _, err = run_validate(bad, capsys)
-    assert code == 2 and len(err) == 1 and "not valid YAML at line" in err[0]
+    assert code == 2 and len(err) == 1 and "not valid YAML near line 3" in err[0]
     unsafe = tmp_path / "unsafe.yaml"
     unsafe.write_text("!!python/object/apply:os.system ['echo pwned']\n")
     code, _, err = run_validate(unsafe, capsys)
