@@ -129,11 +129,30 @@ def _val_overlapping_train(d, f):
     _rewrite(d, f, "att_splits.mat", val_loc=np.concatenate([_loc(f, "val_loc"), _loc(f, "train_loc")[:1]]))
 
 
+def _original_att_cell_array(d, f):
+    att = f["att_splits.mat"]["original_att"]
+    cell = np.empty((1, att.shape[1]), dtype=object)
+    for j in range(att.shape[1]):
+        cell[0, j] = att[:, j]
+    _rewrite(d, f, "att_splits.mat", original_att=cell)
+
+
+def _original_att_text(d, f):
+    _rewrite(d, f, "att_splits.mat", original_att=np.array(["not numbers"]))
+
+
+def _original_att_complex(d, f):
+    _rewrite(d, f, "att_splits.mat", original_att=f["att_splits.mat"]["original_att"].astype(np.complex128))
+
+
 def _intact(d, f):
     pass
 
 
 CASES = {
+    "original_att as a cell array": (_original_att_cell_array, [], "'original_att' is stored as a cell array"),
+    "original_att as text": (_original_att_text, [], "'original_att' holds <U11 values, not real numbers"),
+    "original_att complex": (_original_att_complex, [], "'original_att' holds complex128 values"),
     "complex features": (_complex_features, [], "holds complex numbers"),
     "int8 features": (_int8_features, [], "holds integers (int8)"),
     "constant features": (_constant_features, [], "the same for every image (constant)"),

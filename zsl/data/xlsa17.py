@@ -231,6 +231,12 @@ def _class_embedding(sem: dict, path: Path, kind: str, k: int) -> np.ndarray:
     """[K, A] float32: 'sent' = att as-is, 'original_att' raw, 'att' = L2-normalised original_att rows."""
     source = "att" if kind == "sent" else "original_att"
     mat = get_field(sem, source, path)
+    if mat.dtype == object:
+        raise UserError(f"{path}: '{source}' is stored as a cell array, not a numeric A x {k} matrix: save it as a "
+                        "numeric matrix (cell2mat in MATLAB).")
+    if not np.issubdtype(mat.dtype, np.number) or np.issubdtype(mat.dtype, np.complexfloating):
+        raise UserError(f"{path}: '{source}' holds {mat.dtype} values, not real numbers: save it as a numeric "
+                        f"A x {k} matrix.")
     if mat.ndim != 2 or mat.shape[1] != k:
         raise UserError(
             f"{path}: '{source}' has shape {mat.shape} but must be A x {k} (one column per class in allclasses_names): "
