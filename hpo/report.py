@@ -41,6 +41,7 @@ from hpo.trainable import SearchContext, aggregate  # noqa: E402
 from hpo.trial_status import ray_trial_status  # noqa: E402
 from hpo.trusted_state import SNAPSHOT_FILE  # noqa: E402
 from zsl.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+from zsl.userfiles import check_writable_folder  # noqa: E402
 
 
 REPORT_INPUTS = ("params.json", "result.json", "error.txt", SEARCH_FILE, STUDY_FILE, SNAPSHOT_FILE)  # what a report reads
@@ -96,14 +97,44 @@ def read_trials(exp: Path) -> list[TrialRecord]:
     for folder in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists()):
         rows = []
         if (folder / "result.json").exists():
-            rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+            text = _trial_file(folder / "result.json").splitlines()
+            rows = [_json_in(folder / "result.json", line, dict, f"line {i}") for i, line in enumerate(text, 1)
+                    if line.strip()]
         trial_id = rows[-1].get("trial_id") if rows else None
         status = statuses.get(trial_id) if trial_id else next(
             (v for k, v in statuses.items() if f"_{k}_" in folder.name), None)
         error_file = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
-        trials.append(TrialRecord(folder.name, json.loads((folder / "params.json").read_text()), rows,
-                                  status if statuses else None, error_file))
+        params = _json_in(folder / "params.json", _trial_file(folder / "params.json"), dict)
+        trials.append(TrialRecord(folder.name, params, rows, status if statuses else None, error_file))
     return trials
+
+
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false",
+              type(None): "null"}
+
+
+def _trial_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} cannot be read ({getattr(err, 'strerror', None) or err}): restore it, or move "
+                        "that trial folder out of the experiment.") from None
+
+
+def _json_in(path: Path, text: str, kind: type, where: str = "") -> dict:
+    """The JSON value ``text`` (from ``path``, at ``where``), which must be a ``kind``; UserError if it is not."""
+    at = f" at {where}" if where else ""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+        problem = "is empty" if not text.strip() else f"is truncated or damaged{at}"
+    else:
+        problem = None if isinstance(value, kind) else f"holds {JSON_KINDS.get(type(value), 'a value')}{at}, not an object"
+    if problem:
+        raise UserError(f"{path} {problem}: a trial's files are written by Ray; restore it, or move that trial "
+                        "folder out of the experiment.")
+    return value
 
 
 def leaderboard(trials: list[TrialRecord], datasets: list[str], k: int) -> list[TrialRecord]:
@@ -226,6 +257,8 @@ def write_report(exp_dir: str, top_k: int = 5, skip_final: bool = False, out: st
     A remote experiment's trial records, search record and study are fetched to a temporary folder
     first; its report goes to ``out`` (default ``./<experiment name>.report``).
     """
+    if top_k < 1:
+        raise UserError(f"--top {top_k}: the leaderboard needs at least one row: pass --top 1 or more.")
     if not is_remote(exp_dir):
         exp = local_path(exp_dir)
         return _write_report(exp, top_k, skip_final, out or str(exp / "report"), shown=str(exp))
@@ -245,6 +278,7 @@ def write_report(exp_dir: str, top_k: int = 5, skip_final: bool = False, out: st
 def _write_report(exp: Path, top_k: int, skip_final: bool, out: str, shown: str, record: dict | None = None) -> Path:
     """write_report on a local experiment folder ``exp``; ``shown`` names it in messages."""
     record = record or read_search(exp)
+    check_writable_folder(out, f"report folder {out} (--out)")
     record = {**record, "study_url": study_url(record, exp)}  # the study beside search.json, wherever it is now
     ctx = SearchContext(**record["context"])
     opts = SearchOptions(**record["options"])

@@ -64,7 +64,35 @@ def test_bad_search_flags(case, tmp_path, capsys):
     assert not storage.exists() and not (tmp_path / "missing").exists()  # nothing written
 
 
+def _bomb(levels: int = 7) -> str:
+    """A YAML flow sequence whose aliases expand to 10**levels values (a 'billion laughs' document)."""
+    text = "[&a0 [x, x, x, x, x, x, x, x, x, x]"
+    for i in range(1, levels):
+        text += f", &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]"
+    return text + "]"
+
+
+CONFIG_FILES = {  # written into the test's folder for the cases below
+    "bad.yaml": b"data: {views: 2}\n",
+    "latin1.yaml": "model: eszsl\n# caf\u00e9\n".encode("latin-1"),
+    "intkeys.yaml": b"1: 2\nfoo: 3\n",
+    "intparam.yaml": b"config: {lam: 1, 2: 3, zz: 1}\n",
+    "intdataset.yaml": b"per_dataset: {1: {lam: 2}}\n",
+    "bomb.yaml": f"config: {{lam: 1}}\ndata: {{x: {_bomb()}}}\n".encode(),
+}
+
 TRAIN_CASES = {
+    "--config not UTF-8": (["--config", "{tmp}/latin1.yaml"], "byte 0xe9 on line 2 is not UTF-8 text"),
+    "--config integer keys": (["--config", "{tmp}/intkeys.yaml"], "key 1 at the top level is not a name"),
+    "--out under /proc": (["--out", "/proc/zsl-run"], "--out /proc/zsl-run: cannot write in /proc"),
+    "--out read-only": (["--out", "/sys/kernel/zsl-run"], "--out /sys/kernel/zsl-run: cannot write in /sys/kernel"),
+    # own cases
+    "--config integer hyperparameter name": (["--config", "{tmp}/intparam.yaml"], "key 2 at 'config' is not a name"),
+    "--config integer dataset name": (["--config", "{tmp}/intdataset.yaml"], "key 1 at 'per_dataset' is not a name"),
+    "--config alias bomb": (["--config", "{tmp}/bomb.yaml"], "(an alias bomb?)"),
+    "--config is a folder": (["--config", "{tmp}"], "cannot read it (Is a directory)"),
+    "--set alias bomb": (["--set", f"lam={_bomb()}"], "--set lam: its YAML aliases expand to more than"),
+    "--set alias cycle": (["--set", "lam=&a [*a]"], "--set lam: a YAML alias refers to a collection that contains it"),
     "epochs beyond any run": (["--set", "epochs=1e30"], "more than any run can finish"),
     "epochs flag beyond any run": (["--epochs", "10000000"], "more than any run can finish"),
     "negative seed": (["--seed", "-1"], "--seed must be an integer from 0 to"),
@@ -76,7 +104,8 @@ TRAIN_CASES = {
 @pytest.mark.parametrize("case", sorted(TRAIN_CASES))
 def test_bad_train_flags(case, tmp_path, capsys):
     flags, expected = TRAIN_CASES[case]
-    (tmp_path / "bad.yaml").write_text("data: {views: 2}\n")
+    for name, data in CONFIG_FILES.items():
+        (tmp_path / name).write_bytes(data)
     out = tmp_path / "run"
     code = train_main(["--model", "eszsl", "--dataset", "sim-AWA2", "--out", str(out),
                        *[f.format(tmp=tmp_path) for f in flags]])

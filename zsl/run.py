@@ -11,6 +11,8 @@ model (initial weights, noise, batches). A search varies neither between trials.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+import importlib
+import inspect
 from typing import Any
 
 from zsl.errors import UserError, check_finite
@@ -89,6 +91,17 @@ def resolve_config(model: str, preset: str | None, dataset: str, overrides: dict
         raise UserError(f"model '{model}' would train {cls.epochs_in(config)} epochs, more than any run can finish "
                         f"(limit {MAX_EPOCHS}): fix the epoch setting (--epochs, --set, the preset or the space).")
     return config
+
+
+def check_model_config(model: str, config: dict, protocol: str = "validation") -> None:
+    """The model's own value checks (``check_config`` of its module, which its trainer runs when built) on a
+    resolved ``config``, without data: UserError naming the hyperparameter."""
+    cls = get_model(model)
+    check = getattr(importlib.import_module(cls.__module__), "check_config", None)
+    if check is None:
+        return
+    cfg = cls.Config(**config)
+    check(cfg, protocol) if "protocol" in inspect.signature(check).parameters else check(cfg)
 
 
 def load_run_data(spec: RunSpec):
@@ -176,4 +189,35 @@ class Run:
         if saved is not None and saved != self.device_type:
             raise UserError(f"the checkpoint was written on a {saved} device and its random streams belong to it: "
                             f"resume it on a {saved} device, or start a fresh run.")
+        mismatch = state_mismatch(self.trainer.state_dict(), state)
+        if mismatch:
+            raise UserError(f"the checkpoint's {mismatch}: it was written by another model, setting or dataset.")
         self.trainer.load_state_dict(state)
+
+
+def state_mismatch(fresh: Any, saved: Any, where: str = "state") -> str | None:
+    """Where ``saved`` differs in structure from ``fresh`` (a freshly built trainer's state): a missing key or a
+    tensor of another shape, found by walking the mappings and lists both hold; None when it fits."""
+    import torch
+
+    if isinstance(fresh, torch.Tensor):
+        if not isinstance(saved, torch.Tensor):
+            return f"{where} is a {type(saved).__name__}, not a tensor"
+        if saved.shape != fresh.shape:
+            return f"{where} has shape {tuple(saved.shape)}, where this run's model has {tuple(fresh.shape)}"
+        return None
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            return f"{where} is a {type(saved).__name__}, not a mapping"
+        for key, value in fresh.items():
+            if key not in saved:
+                return f"{where} has no '{key}'"
+            problem = state_mismatch(value, saved[key], f"'{key}'" if where == "state" else f"{where}.{key}")
+            if problem:
+                return problem
+    elif isinstance(fresh, (list, tuple)) and isinstance(saved, (list, tuple)) and len(fresh) == len(saved):
+        for i, (a, b) in enumerate(zip(fresh, saved)):
+            problem = state_mismatch(a, b, f"{where}[{i}]")
+            if problem:
+                return problem
+    return None

@@ -49,6 +49,7 @@ import yaml
 from zsl.errors import EXIT_DIVERGED, EXIT_USER_ERROR, DivergedError, UserError
 from zsl.models import base_dataset_name, preset_note
 from zsl.run import DataOptions, Run, RunSpec, resolve_config
+from zsl.userfiles import check_writable_folder, load_yaml, read_yaml_file
 
 # torch, tensorboard and the data layer are imported where used, so that flag errors and --help are instant.
 if TYPE_CHECKING:
@@ -75,11 +76,6 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-def yaml_value(text: str):
-    """A YAML scalar/collection from text (safe; 1e-3 is a float)."""
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 -- a SafeLoader subclass
-
-
 def parse_sets(items: list[str]) -> dict:
     """``["lr=1e-3", "views=[V, VC]"]`` -> ``{"lr": 0.001, "views": ["V", "VC"]}``."""
     out = {}
@@ -88,27 +84,17 @@ def parse_sets(items: list[str]) -> dict:
         key = key.strip()
         if not sep or not key.isidentifier():
             raise UserError(f"--set {item!r} is not key=value: write it like --set lr=1e-3.")
-        try:
-            out[key] = yaml_value(text)
-        except yaml.YAMLError:
-            raise UserError(f"--set {key}: the value {text!r} is not valid YAML: quote or fix it.") from None
+        out[key] = load_yaml(text, f"--set {key}", _YamlLoader)
     return out
 
 
 def read_config_file(path: str) -> dict:
     """The validated mapping of a ``--config`` file (format in the module docstring)."""
-    try:
-        with open(path) as fh:
-            doc = yaml.load(fh, Loader=_YamlLoader)  # noqa: S506 -- a SafeLoader subclass
-    except OSError as err:
-        raise UserError(f"--config {path}: cannot read it ({err.strerror}): check the path.") from None
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" near line {where.line + 1}" if where else ""
-        raise UserError(f"--config {path}: not valid YAML{line}: fix the file.") from None
+    _, doc = read_yaml_file(path, f"--config {path}", _YamlLoader)
     doc = {} if doc is None else doc
     if not isinstance(doc, dict):
         raise UserError(f"--config {path}: expected a mapping with keys {', '.join(CONFIG_FILE_KEYS)}.")
+    _check_names(doc, f"--config {path}")
     unknown = sorted(set(doc) - set(CONFIG_FILE_KEYS))
     if unknown:
         raise UserError(f"--config {path}: unknown key '{unknown[0]}'; allowed keys are {', '.join(CONFIG_FILE_KEYS)}.")
@@ -119,6 +105,19 @@ def read_config_file(path: str) -> dict:
         if not isinstance(entry or {}, dict):
             raise UserError(f"--config {path}: per_dataset '{name}' must be a mapping.")
     return doc
+
+
+def _check_names(doc: dict, where: str) -> None:
+    """Every key of the file, of its mappings and of each per_dataset entry is a name (text), not a number."""
+    sections = [("the top level", doc)] + [(f"'{k}'", doc[k]) for k in ("config", "per_dataset", "data")
+                                           if isinstance(doc.get(k), dict)]
+    sections += [(f"per_dataset '{name}'", entry) for name, entry in (doc.get("per_dataset") or {}).items()
+                 if isinstance(doc.get("per_dataset"), dict) and isinstance(entry, dict)]
+    for what, mapping in sections:
+        bad = next((key for key in mapping if not isinstance(key, str)), None)
+        if bad is not None:
+            raise UserError(f"{where}: key {bad!r} at {what} is not a name: write names as text (a hyperparameter, "
+                            "a dataset or one of the file's keys).")
 
 
 def resolve_spec(args: argparse.Namespace) -> RunSpec:
@@ -170,6 +169,7 @@ def check_out_dir(out: Path, resume: bool, force: bool) -> None:
     """Refuse to overwrite a previous run (see the module docstring)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: pass a directory.")
+    check_writable_folder(out, f"--out {out}")
     if resume:
         if not (out / "checkpoint.pt").is_file():
             raise UserError(f"--resume: {out} holds no checkpoint.pt to continue from; drop --resume to start afresh.")
@@ -207,9 +207,32 @@ def load_checkpoint(out: Path) -> dict:
 
     path = out / "checkpoint.pt"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise UserError(f"--resume: {path} cannot be read ({err}); delete it or use --force.") from None
+    problem = checkpoint_problem(state)
+    if problem:
+        raise UserError(f"--resume: {path} is not a zsl.train checkpoint ({problem}); delete it or use --force.")
+    return state
+
+
+CHECKPOINT_FIELDS = {"format": int, "spec": dict, "epoch": int, "model": dict, "history": list}
+
+
+def checkpoint_problem(state) -> str | None:
+    """What makes ``state`` unlike the checkpoints save_checkpoint writes, or None."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a mapping"
+    for key, kind in CHECKPOINT_FIELDS.items():
+        if key not in state:
+            return f"it has no '{key}'"
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"its '{key}' is of type {type(state[key]).__name__}, not {kind.__name__}"
+    if state["format"] > CHECKPOINT_FORMAT:
+        return f"it has format {state['format']}, newer than this zsl-hpo's {CHECKPOINT_FORMAT}: upgrade to resume it"
+    if not all(isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in state["history"]):
+        return "its 'history' holds entries that are not evaluations"
+    return None
 
 
 def check_resume_spec(saved: dict, spec: RunSpec, out: Path) -> None:
@@ -279,7 +302,11 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
           f"{len(data.eval_unseen_y)} eval-unseen rows, {data.feature_dim}-d features", flush=True)
     history: list[dict] = []
     if state is not None:
-        run.load_state_dict(state["model"])
+        try:
+            run.load_state_dict(state["model"])
+        except UserError as err:
+            raise UserError(f"--resume: {out / 'checkpoint.pt'} does not fit this run ({str(err).rstrip('.')}); "
+                            "delete it or use --force.") from None
         history = list(state["history"])
         print(f"resumed from {out / 'checkpoint.pt'} after epoch {model.epoch}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
