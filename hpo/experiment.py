@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from zsl.errors import UserError
+from zsl.userfiles import check_writable_folder
 from hpo.folder_guard import check_name, remove_experiment_folder, write_marker
 from hpo.storage import is_remote, local_path
 from hpo.trusted_state import default_key_file
-from hpo.spaces import PROFILES, Space, load_space, parse_space, read_space_doc
+from hpo.spaces import PROFILES, Space, check_model_ranges, load_space, parse_space, read_space_doc
 from hpo.trainable import OBJECTIVES, SearchContext
 from zsl.models import base_dataset_name
 from zsl.run import CLASS_EMBEDDINGS, MAX_SEED, DataOptions
@@ -169,12 +170,7 @@ def check_storage(opts: SearchOptions) -> None:
             raise UserError(f"--storage-path {path}: not a storage URI this machine can use ({str(err).splitlines()[0]}): "
                             "use a local folder, file://, s3:// or gs://.") from None
         return
-    folder = local_path(path)
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise UserError(f"--storage-path {path}: {existing} is a file, not a folder: pass a folder.")
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--storage-path {path}: {existing} is not writable here: pass a folder you can write.")
+    check_writable_folder(local_path(path), f"--storage-path {path}")
 
 
 def check_optuna_storage(opts: SearchOptions) -> None:
@@ -236,7 +232,8 @@ def specialised_space(opts: SearchOptions, record: dict | None = None) -> tuple[
     ``record`` (the space as it was when the search started) when given, else from its file today."""
     if record is not None and "space" in record:
         saved = record["space"]
-        space = parse_space(saved["doc"], f"{saved['source']} (as recorded in {SEARCH_FILE})", saved["name"])
+        recorded = f" (as recorded in {SEARCH_FILE})" if "options" in record else ""  # else: not yet recorded
+        space = parse_space(saved["doc"], f"{saved['source']}{recorded}", saved["name"])
     else:
         space = load_space(opts.space)
     return space.specialise(run_profile(opts, space))
@@ -314,10 +311,24 @@ def check_datasets(ctx: SearchContext) -> None:
         load_run_data(ctx.run_spec({}, name))
 
 
-def prepare(opts: SearchOptions) -> tuple[Space, SearchContext, Path]:
+def new_search(opts: SearchOptions) -> tuple[dict, Space, SearchContext]:
+    """(space record, specialised space, trial context) of a new search, with the space checked against the
+    model and every dataset loaded once: its mistakes are found before anything is locked, written or deleted."""
+    doc, source, name = read_space_doc(opts.space)
+    space_record = {"name": name, "source": source, "doc": doc}
+    space, preset, overrides = specialised_space(opts, {"space": space_record})
+    profile = run_profile(opts, space)  # recorded: "" when the space defines no such profile (run as written)
+    ctx = replace(make_context(opts, preset, overrides, space.model), profile=profile if profile in space.profiles else "")
+    check_model_ranges(space, ctx.base_configs)
+    check_datasets(ctx)
+    return space_record, space, ctx
+
+
+def prepare(opts: SearchOptions, checked: tuple[dict, Space, SearchContext] | None = None
+            ) -> tuple[Space, SearchContext, Path]:
     """Validate options and space, guard the experiment dir (refuse overwrite), write search.json.
 
-    The caller holds the experiment's FolderLock. ``--force`` deletes only folders this project made
+    ``checked``: new_search(opts), when the caller ran it already. The caller holds the experiment's FolderLock. ``--force`` deletes only folders this project made
     (hpo.folder_guard.remove_experiment_folder); a remote experiment's files stay where they are.
     """
     check_options(opts)
@@ -329,12 +340,7 @@ def prepare(opts: SearchOptions) -> tuple[Space, SearchContext, Path]:
         return specialised_space(opts, saved)[0], SearchContext(**saved["context"]), sidecar
     if exists and not opts.force:
         raise UserError(f"experiment {experiment_dir(opts)} already exists: pass --resume to continue it, --force to overwrite it, or --name to start another.")
-    doc, source, name = read_space_doc(opts.space)
-    space_record = {"name": name, "source": source, "doc": doc}
-    space, preset, overrides = specialised_space(opts, {"space": space_record})
-    profile = run_profile(opts, space)  # recorded: "" when the space defines no such profile (run as written)
-    ctx = replace(make_context(opts, preset, overrides, space.model), profile=profile if profile in space.profiles else "")
-    check_datasets(ctx)
+    space_record, space, ctx = checked or new_search(opts)
     if exists and opts.force:
         if not is_remote(experiment_dir(opts)):
             remove_experiment_folder(Path(experiment_dir(opts)), Path(storage_root(opts)))

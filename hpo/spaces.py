@@ -9,15 +9,15 @@ one sentence naming the file, the entry and the fix.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import search_spaces
 from zsl.errors import UserError
 from zsl.models import get_model, load_presets, validate_config
+from zsl.userfiles import read_yaml_file
 
 SPACE_DIR = Path(search_spaces.__file__).resolve().parent  # package data: there in editable and plain installs
 TOP_KEYS = {"model", "preset", "profiles", "params", "published", "description"}
@@ -115,10 +115,7 @@ def resolve_space_path(space: str) -> Path:
 def read_space_doc(space: str) -> tuple[Any, str, str]:
     """(parsed YAML document, file path, space name) of a space (name under search_spaces/ or a YAML path)."""
     path = resolve_space_path(space)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"search space file {path} is not valid YAML ({str(err).splitlines()[0]}): fix its syntax.") from None
+    _, doc = read_yaml_file(path, f"search space file {path}")
     return doc, str(path), path.stem
 
 
@@ -217,6 +214,10 @@ def _parse_param(name: str, spec: Any, earlier: list[Param], config_cls: type, m
         samples = [param.low, param.high]
     for value in samples:
         _check_values(config_cls, {name: value}, model, where, f"param '{name}'")
+        default = getattr(config_cls(), name)
+        if value is None and default is not None:
+            raise UserError(f"{at}: null is not a value of '{name}' (a {type(default).__name__}): give a value, or "
+                            f"drop the param to keep the model's default {default!r}.")
     return param
 
 
@@ -307,6 +308,60 @@ class DefineByRun:
             else:
                 chosen[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
         return constants
+
+
+class _PinnedTrial:
+    """A stand-in Optuna trial for :class:`DefineByRun`: suggests ``pins``, else the published value, else the
+    low end or the first choice; records what it suggested in ``params``."""
+
+    def __init__(self, space: Space, pins: dict) -> None:
+        self.space, self.pins, self.params = space, pins, {}
+
+    def _pick(self, name: str, default: Any) -> Any:
+        self.params[name] = self.pins.get(name, self.space.published.get(name, default))
+        return self.params[name]
+
+    def suggest_categorical(self, name, choices):
+        return self._pick(name, choices[0])
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        return self._pick(name, low)
+
+    def suggest_float(self, name, low, high, log=False):
+        return self._pick(name, low)
+
+
+def check_model_ranges(space: Space, base_configs: dict) -> None:
+    """UserError when the model refuses a value a trial of ``space`` could get (its own checks, as its trainer
+    runs them), so that a range beyond the model's valid one is refused at load, not trial by trial.
+
+    Checked on every dataset's base config: the published point, then each sampled param at each end of its
+    range and at each choice (with its ``when`` conditions met, other params at their published value)."""
+    from zsl.run import check_model_config
+
+    points = [(None, {})]
+    for p in space.params:
+        if p.kind == "fixed":
+            continue
+        conditions = {other: values[0] for other, values in p.when.items()}
+        values = list(p.choices) if p.kind == "categorical" else [p.low, p.high]
+        points += [(p.name, {**conditions, p.name: value}) for value in values]
+    for name, pins in points:
+        trial = _PinnedTrial(space, pins)
+        constants = DefineByRun(space)(trial)
+        setting = {**trial.params, **constants}
+        if name is not None and name not in trial.params:
+            continue  # not active under its own conditions (a condition of a condition)
+        for dataset, base in base_configs.items():
+            try:
+                check_model_config(space.model, {**base, **setting})
+            except UserError as err:  # blame the param the model names, else the one pinned
+                culprit = next((n for n in re.findall(r"'(\w+)'", str(err)) if n in setting), name)
+                what = (f"param '{culprit}': the value {setting[culprit]!r}" if culprit is not None
+                        else "the published point with the fixed params")
+                fix = "narrow the range or drop that choice" if culprit is not None else "fix those values"
+                raise UserError(f"search space file {space.path}, {what} is refused by model '{space.model}' on "
+                                f"{dataset} ({str(err).rstrip('.')}): {fix}.") from None
 
 
 def published_point(space: Space) -> dict:

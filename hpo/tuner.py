@@ -18,7 +18,7 @@ from ray import tune
 import hpo
 from hpo.storage import fetch_sidecar, is_remote, sync_callbacks
 from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, check_address, check_options, experiment_dir,
-                            prepare, read_search, sidecar_dir, storage_root, study_url)
+                            new_search, prepare, read_search, sidecar_dir, storage_root, study_url)
 from hpo.folder_guard import MARKER, FolderLock
 from hpo.progress import ProgressLines
 from hpo.ranking import is_finished, rank_key
@@ -219,12 +219,13 @@ def run_search(opts: SearchOptions) -> SearchSummary:
     start = time.perf_counter()
     check_options(opts)
     check_address(opts)
+    checked = None if opts.resume else new_search(opts)  # a bad space or dataset: nothing locked or written
     with FolderLock(sidecar_dir(opts), f"experiment {experiment_dir(opts)}"):
         if opts.resume:
             if is_remote(experiment_dir(opts)):  # a new driver has only the bucket
                 fetch_sidecar(experiment_dir(opts), sidecar_dir(opts), SIDECAR_FILES)
             opts = resumed_options(opts)
-        space, ctx, sidecar = prepare(opts)
+        space, ctx, sidecar = prepare(opts, checked)
         record = read_search(sidecar)
         syncs = sync_callbacks(experiment_dir(opts), sidecar, SIDECAR_FILES)
         for sync in syncs:

@@ -17,7 +17,42 @@ def _closed_port() -> int:
         return sock.getsockname()[1]  # closed again when the block ends: nothing listens there
 
 
+def _bomb(levels: int = 7) -> str:
+    """A YAML flow sequence whose aliases expand to 10**levels values (a 'billion laughs' document)."""
+    text = "[&a0 [x, x, x, x, x, x, x, x, x, x]"
+    for i in range(1, levels):
+        text += f", &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]"
+    return text + "]"
+
+
+SPACE_FILES = {  # written into the test's folder for the --space cases below
+    "latin1.yaml": "model: eszsl\nparams: {lam: {type: float, low: 0.1, high: 1}}\n# caf\u00e9\n".encode("latin-1"),
+    "bomb.yaml": ("model: eszsl\ndescription: " + _bomb(8) + "\nparams: {lam: {type: float, low: 0.1, high: 1}}\n")
+    .encode(),
+    "cycle.yaml": b"model: eszsl\ndescription: &d [*d]\nparams: {lam: {type: float, low: 0.1, high: 1}}\n",
+    "lr_beyond.yaml": b"model: eszsl\npreset: small\nparams: {lr: {type: float, low: 0.1, high: 2.5}}\n",
+    "null_fixed.yaml": b"model: eszsl\nparams: {lam: {type: float, low: 0.1, high: 1}, solver: {type: fixed, value: null}}\n",
+    "bad_choice.yaml": b"model: eszsl\nparams: {solver: {type: categorical, choices: [gradient, newton]}}\n",
+    "fixed_beyond.yaml": b"model: eszsl\nparams: {lam: {type: float, low: 0.1, high: 1}, lr: {type: fixed, value: 5}}\n",
+    "conditional_beyond.yaml": (b"model: eszsl\nparams:\n  solver: {type: categorical, choices: [closed_form, gradient]}\n"
+                                b"  gamma: {type: float, low: -1, high: 1, when: {solver: gradient}}\n"),
+}
+
 SEARCH_CASES = {  # name: (flags, expected part of the one sentence)
+    "space not UTF-8": (["--space", "{tmp}/latin1.yaml"], "latin1.yaml: byte 0xe9 on line 3 is not UTF-8 text"),
+    "space alias bomb": (["--space", "{tmp}/bomb.yaml"], "bomb.yaml: its YAML aliases expand to more than"),
+    "space range beyond the model's": (["--space", "{tmp}/lr_beyond.yaml"],
+                                       "param 'lr': the value 2.5 is refused by model 'eszsl'"),
+    "space fixed value null": (["--space", "{tmp}/null_fixed.yaml"], "param 'solver': null is not a value"),
+    # own cases
+    "space alias cycle": (["--space", "{tmp}/cycle.yaml"], "a YAML alias refers to a collection that contains it"),
+    "space choice the model lacks": (["--space", "{tmp}/bad_choice.yaml"], "the value 'newton' is refused"),
+    "space fixed value beyond the model's": (["--space", "{tmp}/fixed_beyond.yaml"],
+                                             "param 'lr': the value 5 is refused"),
+    "space conditional range beyond the model's": (["--space", "{tmp}/conditional_beyond.yaml"],
+                                                   "param 'gamma': the value -1.0 is refused"),
+    "storage path under /proc": (["--storage-path", "/proc/zsl-results"], "cannot write in /proc"),
+    "storage path read-only": (["--storage-path", "/sys/kernel/zsl-results"], "cannot write in /sys/kernel"),
     "negative seed": (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
     "seed beyond 2**32": (["--seed", str(2**70)], "--seed must be an integer from 0 to"),
     "negative data seed": (["--data-seed", "-1"], "--data-seed must be an integer from 0 to"),
@@ -50,6 +85,8 @@ SEARCH_CASES = {  # name: (flags, expected part of the one sentence)
 def test_bad_search_flags(case, tmp_path, capsys):
     flags, expected = SEARCH_CASES[case]
     (tmp_path / "afile").write_text("not a folder")
+    for name, data in SPACE_FILES.items():
+        (tmp_path / name).write_bytes(data)
     storage = tmp_path / "results"
     args = ["--space", "eszsl", "--storage-path", str(storage), "--verbose", "0"]
     args += [f.format(tmp=tmp_path, port=_closed_port()) for f in flags]
@@ -62,14 +99,6 @@ def test_bad_search_flags(case, tmp_path, capsys):
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert expected in lines[0], lines[0]
     assert not storage.exists() and not (tmp_path / "missing").exists()  # nothing written
-
-
-def _bomb(levels: int = 7) -> str:
-    """A YAML flow sequence whose aliases expand to 10**levels values (a 'billion laughs' document)."""
-    text = "[&a0 [x, x, x, x, x, x, x, x, x, x]"
-    for i in range(1, levels):
-        text += f", &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]"
-    return text + "]"
 
 
 CONFIG_FILES = {  # written into the test's folder for the cases below
