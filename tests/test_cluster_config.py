@@ -129,8 +129,8 @@ BROKEN = {
                              ["GitHub token", "revoke"]),
     "github_fine_grained_token": (lambda c: c["setup_commands"].append(f"export GH_TOKEN=github_pat_{'A1b2' * 20}"),
                                   ["github_pat_", "revoke"]),
-    "auth_off_in_escaped_quotes": (head_start('RAY_AUTH_MODE=\\"disabled\\" ray start --head --dashboard-host=127.0.0.1'),
-                                   ["RAY_AUTH_MODE=disabled"]),
+    "auth_off_in_escaped_quotes": (lambda c: c["setup_commands"].append(
+        'echo "export RAY_AUTH_MODE=\\"disabled\\"" >> ~/.bashrc'), ["RAY_AUTH_MODE=disabled"]),
     # own cases
     "ipv6_halves_open_client": (add_rule(10001, Ipv6Ranges=[{"CidrIpv6": "::/1"}, {"CidrIpv6": "8000::/1"}]),
                                 ["client port 10001", "whole internet"]),
