@@ -75,8 +75,8 @@ def make_schedule(n_steps: int = 4, beta_min: float = 0.1, beta_max: float = 20.
 
 
 def _col(coef: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """coef[t] as a column [B, 1] for broadcasting against [B, D]."""
-    return coef[t].unsqueeze(1)
+    """coef[t] as a column [..., B, 1] for broadcasting against [..., B, D] (t: [..., B])."""
+    return coef[t].unsqueeze(-1)
 
 
 def q_sample(sched: VPSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,7 @@ def sample_posterior(
 ) -> torch.Tensor:
     """A draw of q(x_t | x̂_0, x_{t+1}) = c1_t x̂_0 + c2_t x_{t+1} + 1[t>0] sqrt(v_t) eps; returns x̂_0 at t=0."""
     mean = _col(sched.post_c1, t) * x0_hat + _col(sched.post_c2, t) * x_next
-    nonzero = (t > 0).to(x0_hat.dtype).unsqueeze(1)
+    nonzero = (t > 0).to(x0_hat.dtype).unsqueeze(-1)
     return mean + nonzero * _col(sched.post_std, t) * noise
 
 
@@ -110,17 +110,17 @@ def distill_factor(sched: VPSchedule, t: torch.Tensor, power: float) -> torch.Te
 def sinusoidal_embedding(t: torch.Tensor, dim: int, interleaved: bool = False) -> torch.Tensor:
     """Sinusoidal timestep encoding s(t) in R^dim with frequencies f_i = exp(-ln(1e4) i / half).
 
-    t: [B] (any numeric dtype); returns float32 [B, dim], zero-padded if dim is odd.
+    t: [B] or [..., B] (any numeric dtype); returns float32 [..., B, dim], zero-padded if dim is odd.
     Layout: ``[cos(t f_0..f_{half-1}), sin(t f_0..)]`` (cos block first, D2SC/DDGAN) or, with
     ``interleaved=True``, ``[cos(t f_0), sin(t f_0), cos(t f_1), ...]`` (RevCD Eq. 17).
     """
     half = dim // 2
     freqs = torch.exp(-math.log(1e4) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    angles = t.to(torch.float32).unsqueeze(1) * freqs.unsqueeze(0)
+    angles = t.to(torch.float32).unsqueeze(-1) * freqs
     if interleaved:
-        emb = torch.stack([torch.cos(angles), torch.sin(angles)], dim=2).reshape(t.shape[0], 2 * half)
+        emb = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1).reshape(*t.shape, 2 * half)
     else:
-        emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+        emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb

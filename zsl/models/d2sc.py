@@ -4,6 +4,13 @@ Stage 1 (DRG) trains G_c to generate the second-view representation c from class
 stage 2 (DFG) trains G_x to generate visual features x conditioned on (a, c).  One trainer runs
 both: ``drg_epochs`` epochs of DRG, then ``dfg_epochs`` of DFG (``epochs_total`` = their sum).
 ZeroDiff is this model with the D2SC terms off (preset ``zerodiff``).
+
+Fused seeds: built with a list of seeds, the trainer runs K = len(seeds) members as one batched
+model.  Every net is a stack of K nets (zsl.models.d2sc_nets.StackedLinear), every batch tensor
+carries a leading K axis, each member draws from its own generator in the order a plain run draws,
+and losses, gradient clipping and the adaptive GP weight are per member, so member k trains exactly
+as the plain run with seed k (up to float rounding of batched matmuls).  Evaluation scores each
+member with its own weights and seed and reports the members' mean (and sd) of S/U/H/ZSL.
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from zsl import losses
 from zsl.data.types import ZSLData
@@ -26,7 +32,7 @@ from zsl.errors import UserError
 from zsl.models import validate_config
 from zsl.synthesis import synthesize
 from zsl.models.d2sc_nets import (
-    Critic, Encoder, FeatureGenerator, RepresentationGenerator, SemanticDecoder, init_weights,
+    Critic, Encoder, FeatureGenerator, RepresentationGenerator, SemanticDecoder, init_weights, linear,
 )
 
 logger = logging.getLogger(__name__)
@@ -222,6 +228,18 @@ def check_config(cfg: Config, protocol: str) -> None:
             raise UserError("d2sc option 'classifier_selection=best' selects on test data under the final protocol: use last.")
 
 
+def check_fusable(cfg: Config, seeds: list[int]) -> None:
+    """Raise UserError for a fused run (a list of seeds) that this trainer cannot fuse."""
+    if not seeds:
+        raise UserError("d2sc: a fused run needs at least one seed.")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"d2sc: the seeds of a fused run must differ, got {seeds}.")
+    for key, plain in (("drg_neg_sampling", "none"), ("drg_handoff", "final"), ("monitor_eval_seen", False)):
+        if getattr(cfg, key) != plain:
+            raise UserError(f"d2sc option '{key}={getattr(cfg, key)}' is not available in fused runs yet: "
+                            f"use {key}={plain} or run the seeds one by one.")
+
+
 def _set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
     for m in modules:
         m.requires_grad_(flag)
@@ -264,12 +282,18 @@ class D2SC:
         n_drg = n if n < 2 else min(max(round(n * share), 1), n - 1)
         return {**config, "drg_epochs": n_drg, "dfg_epochs": n - n_drg}
 
-    def __init__(self, config: dict, data: ZSLData, device, seed: int):
+    def __init__(self, config: dict, data: ZSLData, device, seed: int | list[int]):
+        """``seed``: one seed (a plain run) or a list of seeds (one fused run of len(seed) members)."""
         self.cfg = cfg = Config(**validate_config(Config, config, where="model 'd2sc'"))
         check_config(cfg, data.protocol)
         if cfg.drg_neg_sampling != "none" and len(data.seen_classes) < 2:
             raise UserError("d2sc option 'drg_neg_sampling=mismatch_att' needs at least 2 seen classes to pick a wrong attribute: use drg_neg_sampling=none.")
-        self.data, self.seed = data, int(seed)
+        self.seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else None
+        self.fused = self.seeds is not None
+        if self.fused:
+            check_fusable(cfg, self.seeds)
+        self.data, self.seed = data, self.seeds[0] if self.fused else int(seed)
+        self.lead = 1 if self.fused else 0     # the row axis of every batch tensor
         self.device = dev = torch.device(device)
         self._load_tensors(data)
         A = self.emb.shape[1]
@@ -280,22 +304,13 @@ class D2SC:
         if normalise is None:
             normalise = bool(torch.allclose(self.emb.norm(dim=1), torch.ones((), device=dev), atol=1e-3))
         self.sched = make_schedule(cfg.n_steps, cfg.beta_min, cfg.beta_max).to(dev)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.nets = nn.ModuleDict({
-                "G_c": RepresentationGenerator(self.Z, C, A, d_t, cfg.gen_hidden),
-                "D_c0": Critic(C, cfg.ndh, att_dim=A),
-                "D_ct": Critic(C, cfg.ndh, next_dim=C, att_dim=A, dim_t=d_t, emb_dim=A),
-                "Dec_c": SemanticDecoder(C, cfg.ngh, A, normalise),
-                "E": Encoder(R, A, self.Z, cfg.gen_hidden),
-                "G_x": FeatureGenerator(self.Z, A, C, R, d_t, cfg.gen_hidden),
-                "D_x0": Critic(R, cfg.ndh, att_dim=A),
-                "D_xt": Critic(R, cfg.ndh, next_dim=R, att_dim=A, con_dim=C, dim_t=d_t, emb_dim=A),
-                "D_xc": Critic(R, cfg.ndh, con_dim=C, emb_dim=A),
-                "Dec_x": SemanticDecoder(R, cfg.ngh, A, normalise),
-            })
-            init_weights(self.nets)
-            self.nets["S2V"] = nn.Linear(A, R)  # PyTorch default init, as the reference
+        dims = (A, R, C, d_t, normalise)
+        if self.fused:   # each member initialised as its plain run, then stacked
+            members = [self._build_nets(dims, s).state_dict() for s in self.seeds]
+            self.nets = self._build_nets(dims, None, members=len(self.seeds))
+            self.nets.load_state_dict({k: torch.stack([m[k] for m in members]) for k in members[0]})
+        else:
+            self.nets = self._build_nets(dims, self.seed)
         self.nets.to(dev)
         if cfg.compile:
             for net in self.nets.values():
@@ -314,9 +329,8 @@ class D2SC:
                          cfg.dfg_lr, betas, fused),
             "Dec_x": _adam(n["Dec_x"].parameters(), cfg.dec_lr, betas, fused),
         }
-        self.gen = torch.Generator(device=dev)
-        self.gen.manual_seed(self.seed)
-        self.lam = torch.tensor(float(cfg.lambda1), device=dev)
+        self.gens = [torch.Generator(device=dev).manual_seed(s) for s in (self.seeds or [self.seed])]
+        self.lam = torch.full((len(self.seeds),) if self.fused else (), float(cfg.lambda1), device=dev)
         per_seen_class = self.train_x.shape[0] / max(len(data.seen_classes), 1)
         self.syn_num = max(1, round(cfg.syn_num_ratio * per_seen_class)) if cfg.syn_num_ratio > 0 else cfg.syn_num
         per_element = losses.recon_elements(cfg.vae_recon, R) if cfg.vae_weight_unit == "per_dim" else 1
@@ -328,6 +342,31 @@ class D2SC:
         self._perm = torch.empty(0, dtype=torch.long, device=dev)
         self._perm_pos = 0
         self.best_drg = {"ZSL": -1.0, "G_c": None}
+        self._member_view: D2SC | None = None
+
+    def _build_nets(self, dims: tuple, seed: int | None, members: int | None = None) -> nn.ModuleDict:
+        """The eleven nets of spec §3, initialised from ``seed`` (the reference rule; S2V keeps PyTorch's
+        default init); ``members`` = K builds the stacked layout, left for the caller to fill."""
+        A, R, C, d_t, normalise = dims
+        cfg, Z, k = self.cfg, self.Z, members
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed if seed is not None else 0)
+            nets = nn.ModuleDict({
+                "G_c": RepresentationGenerator(Z, C, A, d_t, cfg.gen_hidden, k),
+                "D_c0": Critic(C, cfg.ndh, att_dim=A, members=k),
+                "D_ct": Critic(C, cfg.ndh, next_dim=C, att_dim=A, dim_t=d_t, emb_dim=A, members=k),
+                "Dec_c": SemanticDecoder(C, cfg.ngh, A, normalise, k),
+                "E": Encoder(R, A, Z, cfg.gen_hidden, k),
+                "G_x": FeatureGenerator(Z, A, C, R, d_t, cfg.gen_hidden, k),
+                "D_x0": Critic(R, cfg.ndh, att_dim=A, members=k),
+                "D_xt": Critic(R, cfg.ndh, next_dim=R, att_dim=A, con_dim=C, dim_t=d_t, emb_dim=A, members=k),
+                "D_xc": Critic(R, cfg.ndh, con_dim=C, emb_dim=A, members=k),
+                "Dec_x": SemanticDecoder(R, cfg.ngh, A, normalise, k),
+            })
+            if members is None:
+                init_weights(nets)
+            nets["S2V"] = linear(A, R, members=k)  # PyTorch default init, as the reference
+        return nets
 
     # ------------------------------------------------------------------ data
     def _load_tensors(self, data: ZSLData) -> None:
@@ -349,25 +388,40 @@ class D2SC:
         self.unseen = t(data.unseen_classes, torch.long)
         self.seen_sorted = self.seen.sort().values
 
+    def _draw(self, draw: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
+        """``draw(generator)`` from the run's generator; fused: from each member's, stacked [K, ...]."""
+        if not self.fused:
+            return draw(self.gens[0])
+        return torch.stack([draw(g) for g in self.gens])
+
     def _randn(self, *shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.gen, device=self.device)
+        """N(0, I) of one member's ``shape`` (with the leading K axis when fused)."""
+        return self._draw(lambda g: torch.randn(*shape, generator=g, device=self.device))
+
+    def _randn_like(self, v: torch.Tensor) -> torch.Tensor:
+        return self._randn(*v.shape[self.lead:])
 
     def _rand(self, *shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=self.gen, device=self.device)
+        return self._draw(lambda g: torch.rand(*shape, generator=g, device=self.device))
 
     def _timesteps(self, b: int) -> torch.Tensor:
-        return torch.randint(0, self.cfg.n_steps, (b,), generator=self.gen, device=self.device)
+        return self._draw(lambda g: torch.randint(0, self.cfg.n_steps, (b,), generator=g, device=self.device))
+
+    def _rows(self, v: torch.Tensor) -> int:
+        """Batch rows of ``v`` (its axis after the member axis when fused)."""
+        return v.shape[self.lead]
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x [B,R], c [B,C], a [B,A], y [B]) of one training batch (spec §1.6 or a permutation slice)."""
         n, b = self.train_x.shape[0], min(self.cfg.batch_size, self.train_x.shape[0])
+        perm = lambda g: torch.randperm(n, generator=g, device=self.device)  # noqa: E731
         if self.cfg.batch_sampling == "random":
-            idx = torch.randperm(n, generator=self.gen, device=self.device)[:b]
+            idx = self._draw(lambda g: perm(g)[:b])
         else:
-            if self._perm_pos + b > self._perm.shape[0]:
-                self._perm = torch.randperm(n, generator=self.gen, device=self.device)
+            if self._perm_pos + b > self._perm.shape[-1]:
+                self._perm = self._draw(perm)
                 self._perm_pos = 0
-            idx = self._perm[self._perm_pos: self._perm_pos + b]
+            idx = self._perm[..., self._perm_pos: self._perm_pos + b]
             self._perm_pos += b
         y = self.train_y[idx]
         return self.train_x[idx], self.train_c[idx], self.emb[y], y
@@ -378,10 +432,10 @@ class D2SC:
         return "DRG" if self.epoch < self.cfg.drg_epochs else "DFG"
 
     def _pairs(self, v0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return q_sample_pairs(self.sched, v0, t, self._randn(*v0.shape), self._randn(*v0.shape))
+        return q_sample_pairs(self.sched, v0, t, self._randn_like(v0), self._randn_like(v0))
 
     def _posterior(self, v0_hat: torch.Tensor, v_next: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return sample_posterior(self.sched, v0_hat, v_next, t, self._randn(*v0_hat.shape))
+        return sample_posterior(self.sched, v0_hat, v_next, t, self._randn_like(v0_hat))
 
     def _critic_terms(self, critic: Critic, cond: torch.Tensor, real: torch.Tensor, fake: torch.Tensor,
                       u: torch.Tensor):
@@ -394,18 +448,21 @@ class D2SC:
         return critic.scores_and_penalty(real, fake, losses.interpolate(real, fake, u), cond)
 
     def _step(self, names: list[str], nets: list[str], clip: float = 0.0) -> None:
-        """Clip (per net, if clip > 0) and step the named optimisers."""
+        """Clip (per net and member, if clip > 0) and step the named optimisers."""
         if clip > 0:
             for name in nets:
                 params = [p for p in self.nets[name].parameters() if p.grad is not None]
-                if params:
+                if params and self.fused:
+                    losses.clip_member_grad_norms(params, clip)
+                elif params:
                     torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         for name in names:
             self.opts[name].step()
 
     def _backward(self, loss: torch.Tensor, nets: list[str]) -> None:
-        """Backpropagate into the named nets' parameters only (skips gradients of the GP interpolates)."""
-        loss.backward(inputs=[p for name in nets for p in self.nets[name].parameters()])
+        """Backpropagate into the named nets' parameters only (skips gradients of the GP interpolates).
+        Fused: the members' losses are summed, so each member's parameters get its own gradient."""
+        loss.sum().backward(inputs=[p for name in nets for p in self.nets[name].parameters()])
 
     def _zero(self, names: list[str]) -> None:
         for name in names:
@@ -415,15 +472,16 @@ class D2SC:
     def _drg_generate(self, c0, c_t, c_next, a, t):
         """ĉ_0 from G_c (input c_{t+1} or, for the reference, c_t) and ĉ_t from the posterior."""
         c_in = c_next if self.cfg.drg_generator_input == "noisy_next" else c_t
-        c0_hat = self.nets["G_c"](self._randn(c0.shape[0], self.Z), c_in, a, t)
+        c0_hat = self.nets["G_c"](self._randn(self._rows(c0), self.Z), c_in, a, t)
         return c0_hat, self._posterior(c0_hat, c_next, t)
 
     def _drg_mismatch_draws(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows [k], offsets [k]) of DRG negative sampling: ceil(ratio*B) batch rows without repeats and
         offsets in [0, K_seen-2] choosing another seen class for each."""
         k = losses.n_mismatched(b, self.cfg.drg_neg_ratio)
-        rows = torch.randperm(b, generator=self.gen, device=self.device)[:k]
-        offsets = torch.randint(0, self.seen_sorted.shape[0] - 1, (k,), generator=self.gen, device=self.device)
+        gen = self.gens[0]   # plain runs only (check_fusable)
+        rows = torch.randperm(b, generator=gen, device=self.device)[:k]
+        offsets = torch.randint(0, self.seen_sorted.shape[0] - 1, (k,), generator=gen, device=self.device)
         return rows, offsets
 
     def _drg_mismatched_score(self, c0: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
@@ -446,20 +504,22 @@ class D2SC:
         draws = []
         for _ in range(steps):
             _, c0, a, y = self._batch()
-            t = self._timesteps(c0.shape[0])
+            b = self._rows(c0)
+            t = self._timesteps(b)
             c_t, c_next = self._pairs(c0, t)
-            z = self._randn(c0.shape[0], self.Z)
-            noise = self._randn(*c0.shape)
+            z = self._randn(b, self.Z)
+            noise = self._randn_like(c0)
             d = dict(c0=c0, a=a, y=y, t=t, c_t=c_t, c_next=c_next, z=z, noise=noise,
-                     u0=self._rand(c0.shape[0]), ut=self._rand(c0.shape[0]))
+                     u0=self._rand(b), ut=self._rand(b))
             if self.cfg.drg_neg_sampling == "mismatch_att":   # draws only when on
-                d["neg_rows"], d["neg_offsets"] = self._drg_mismatch_draws(c0.shape[0])
+                d["neg_rows"], d["neg_offsets"] = self._drg_mismatch_draws(b)
             draws.append(d)
-        cat = lambda key: torch.cat([d[key] for d in draws])  # noqa: E731
+        cat = lambda key: torch.cat([d[key] for d in draws], self.lead)  # noqa: E731
         c_in = cat("c_next") if self.cfg.drg_generator_input == "noisy_next" else cat("c_t")
         c0_hat = self.nets["G_c"](cat("z"), c_in, cat("a"), cat("t"))
         ct_hat = sample_posterior(self.sched, c0_hat, cat("c_next"), cat("t"), cat("noise"))
-        for d, f0, ft in zip(draws, c0_hat.split(draws[0]["c0"].shape[0]), ct_hat.split(draws[0]["c0"].shape[0])):
+        b = self._rows(draws[0]["c0"])
+        for d, f0, ft in zip(draws, c0_hat.split(b, self.lead), ct_hat.split(b, self.lead)):
             d.update(c0_hat=f0, ct_hat=ft)
         return draws
 
@@ -472,11 +532,11 @@ class D2SC:
         for d in self._drg_critic_batches(cfg.critic_iter):
             self._zero(["D_c", "Dec_c"])
             c0, a, t, c_t, c_next = d["c0"], d["a"], d["t"], d["c_t"], d["c_next"]
-            loss_dec = F.mse_loss(n["Dec_c"](c0)[0], a)
+            loss_dec = losses.mse(n["Dec_c"](c0)[0], a)
             r0, f0, gp0 = self._critic_terms(n["D_c0"], n["D_c0"].condition(a=a), c0, d["c0_hat"], d["u0"])
             rt, ft, gpt = self._critic_terms(n["D_ct"], n["D_ct"].condition(x_next=c_next, a=a, t=t),
                                              c_t, d["ct_hat"], d["ut"])
-            wdist = cfg.gamma_x0 * (r0.mean() - f0.mean()) + cfg.gamma_xt * (rt.mean() - ft.mean())
+            wdist = cfg.gamma_x0 * (r0.mean(-1) - f0.mean(-1)) + cfg.gamma_xt * (rt.mean(-1) - ft.mean(-1))
             gp = cfg.gamma_x0 * gp0 + cfg.gamma_xt * gpt
             loss = loss_dec - wdist + cfg.lambda1 * gp
             if cfg.drg_neg_sampling == "mismatch_att":   # drawn only when on: the stream is unchanged when off
@@ -491,17 +551,17 @@ class D2SC:
         _set_requires_grad(critics, False)
         _set_requires_grad([n["G_c"]], True)
         self._zero(["G_c"])
-        t = self._timesteps(c0.shape[0])
+        t = self._timesteps(self._rows(c0))
         c_t, c_next = self._pairs(c0, t)
         c0_hat, ct_hat = self._drg_generate(c0, c_t, c_next, a, t)
-        adv = (-cfg.gamma_x0 * n["D_c0"](c0_hat, n["D_c0"].condition(a=a)).mean()
-               - cfg.gamma_xt * n["D_ct"](ct_hat, n["D_ct"].condition(x_next=c_next, a=a, t=t)).mean())
-        cpr = F.mse_loss(ct_hat, c_t)
-        att_mse = F.mse_loss(n["Dec_c"](c0_hat)[0], a)
+        adv = (-cfg.gamma_x0 * n["D_c0"](c0_hat, n["D_c0"].condition(a=a)).mean(-1)
+               - cfg.gamma_xt * n["D_ct"](ct_hat, n["D_ct"].condition(x_next=c_next, a=a, t=t)).mean(-1))
+        cpr = losses.mse(ct_hat, c_t)
+        att_mse = losses.mse(n["Dec_c"](c0_hat)[0], a)
         loss_g = adv + cfg.gamma_con_step * cpr
         if cfg.drg_semantic_loss:
             loss_g = loss_g + cfg.drg_gamma_recons * att_mse
-        loss_g.backward()
+        loss_g.sum().backward()
         self._step(["G_c"], [])
         _acc(log, g_loss=loss_g, g_adv=adv, cpr=cpr, att_mse=att_mse)
 
@@ -509,11 +569,11 @@ class D2SC:
     def _encode(self, x0: torch.Tensor, a: torch.Tensor):
         """(z, mu, logvar): a reparameterised encoder sample z = mu + e^{logvar/2} eps, [B, Z] each."""
         mu, logvar = self.nets["E"](x0, a)
-        return mu + (0.5 * logvar).exp() * self._randn(*mu.shape), mu, logvar
+        return mu + (0.5 * logvar).exp() * self._randn_like(mu), mu, logvar
 
     def _dfg_generate(self, x0, c, a, z):
         """Draw t and (x_t, x_{t+1}); return x_t, x_{t+1}, t, x̂_0, x̂_t."""
-        t = self._timesteps(x0.shape[0])
+        t = self._timesteps(self._rows(x0))
         x_t, x_next = self._pairs(x0, t)
         x0_hat = self.nets["G_x"](z, a, c, x_next, t)
         return x_t, x_next, t, x0_hat, self._posterior(x0_hat, x_next, t)
@@ -540,11 +600,12 @@ class D2SC:
                 x_t, x_next, t, x0_hat, xt_hat = self._dfg_generate(x0, c, a, z)
             loss_dec = cfg.gamma_recons * losses.weighted_l1(n["Dec_x"](x0)[0], a)
             k0, kt, kc = self._dfg_conditions(x_next, c, a, t)
-            r0, f0, gp0 = self._critic_terms(n["D_x0"], k0, x0, x0_hat, self._rand(x0.shape[0]))
-            rt, ft, gpt = self._critic_terms(n["D_xt"], kt, x_t, xt_hat, self._rand(x0.shape[0]))
-            rc, fc, gpc = self._critic_terms(n["D_xc"], kc, x0, x0_hat, self._rand(x0.shape[0]))
+            b = self._rows(x0)
+            r0, f0, gp0 = self._critic_terms(n["D_x0"], k0, x0, x0_hat, self._rand(b))
+            rt, ft, gpt = self._critic_terms(n["D_xt"], kt, x_t, xt_hat, self._rand(b))
+            rc, fc, gpc = self._critic_terms(n["D_xc"], kc, x0, x0_hat, self._rand(b))
             w0, wt, wc = r0 - f0, rt - ft, rc - fc
-            wdist = cfg.gamma_x0 * w0.mean() + cfg.gamma_xt * wt.mean() + wc.mean()
+            wdist = cfg.gamma_x0 * w0.mean(-1) + cfg.gamma_xt * wt.mean(-1) + wc.mean(-1)
             gp = cfg.gamma_x0 * gp0 + cfg.gamma_xt * gpt + gpc
             factor = self.sched.a_bar[t] ** cfg.factor_dist
             dist = cfg.gamma_dist * losses.distillation_loss(w0, wt, wc, factor)
@@ -567,16 +628,16 @@ class D2SC:
         z, mu, logvar = self._encode(x0, a)
         x_t, x_next, t, x0_hat, xt_hat = self._dfg_generate(x0, c, a, z)
         k0, kt, kc = self._dfg_conditions(x_next, c, a, t)
-        adv = -cfg.gamma_adv * (cfg.gamma_x0 * n["D_x0"](x0_hat, k0).mean()
-                                + cfg.gamma_xt * n["D_xt"](xt_hat, kt).mean()
-                                + n["D_xc"](x0_hat, kc).mean())
+        adv = -cfg.gamma_adv * (cfg.gamma_x0 * n["D_x0"](x0_hat, k0).mean(-1)
+                                + cfg.gamma_xt * n["D_xt"](xt_hat, kt).mean(-1)
+                                + n["D_xc"](x0_hat, kc).mean(-1))
         vae = losses.vae_loss(x0_hat, x0, mu, logvar, cfg.vae_recon, cfg.kl_clamp)
         mmd = losses.mmd(x0_hat, x0, self._mmd_sigmas(x0_hat, x0))
         center = losses.center_loss(x0_hat, n["S2V"](a))
         rec = losses.weighted_l1(n["Dec_x"](x0_hat)[0], a)
         loss_g = (self.vae_weight * vae + adv + cfg.gamma_mmd * mmd + cfg.gamma_center * center
                   + cfg.gamma_recons * rec)
-        loss_g.backward()
+        loss_g.sum().backward()
         self._step(step_names, ["E", "G_x", "S2V"] + step_names[2:], cfg.grad_clip)
         _acc(log, g_loss=loss_g, g_adv=adv, vae=vae, mmd=mmd, center=center, sem_rec=rec)
 
@@ -589,7 +650,7 @@ class D2SC:
     def _monitor_eval_seen(self) -> dict:
         """Critic gap D_x0(x) - D_x0(x̂) on 64 evaluation-seen samples (monitoring only, defect 2)."""
         n = self.nets
-        idx = torch.randperm(self.eval_seen_x.shape[0], generator=self.gen, device=self.device)[:64]
+        idx = torch.randperm(self.eval_seen_x.shape[0], generator=self.gens[0], device=self.device)[:64]
         x, c = self.eval_seen_x[idx], self.eval_seen_c[idx]
         a = self.emb[self.eval_seen_y[idx]]
         z, _, _ = self._encode(x, a)
@@ -611,8 +672,10 @@ class D2SC:
         for _ in range(self.iters_per_epoch):
             iteration(log)
         names = sorted(log)
-        values = torch.stack([log[k] / self.iters_per_epoch for k in names]).tolist()  # the one host sync
-        out = dict(zip(names, values))
+        values = torch.stack([log[k] / self.iters_per_epoch for k in names])
+        if self.fused:
+            values = values.mean(-1)      # the members' mean of each loss
+        out = dict(zip(names, values.tolist()))  # the one host sync
         out.update(stage=stage, seconds=time.perf_counter() - start, iterations=self.iters_per_epoch)
         self.epoch += 1
         if stage == "DRG" and self.cfg.drg_handoff == "best_zsl":
@@ -744,7 +807,11 @@ class D2SC:
     def evaluate(self) -> dict:
         """S, U, H, ZSL (percent) on the data's evaluation sets; DRG: C view; DFG: eval_views[0]
         (other views suffixed, e.g. H_VC).  Each view's synthetic rows are built from the same seed,
-        one view at a time (bounded memory).  Uses its own RNG; the training stream is unchanged."""
+        one view at a time (bounded memory).  Uses its own RNG; the training stream is unchanged.
+        Fused: each member is scored as its plain run would be; the members' mean is returned, with
+        ``<key>_sd`` (sample sd over members) for S/U/H/ZSL and ``members``."""
+        if self.fused:
+            return self._evaluate_members()
         for net in self.nets.values():
             net.eval()
         seed = self._eval_seed()
@@ -765,33 +832,73 @@ class D2SC:
         out["eval_seconds"] = time.perf_counter() - start
         return out
 
+    def member_nets(self, k: int) -> dict:
+        """Member k's nets as a plain run's state dict (a fused run's weights sliced at k)."""
+        return {name: v[k] for name, v in self.nets.state_dict().items()}
+
+    def _evaluate_members(self) -> dict:
+        """Score every member with its own weights and seed through one plain view of the model."""
+        if self._member_view is None:
+            self._member_view = D2SC(dict(self.cfg.__dict__), self.data, self.device, self.seeds[0])
+        view, runs = self._member_view, []
+        for k, seed in enumerate(self.seeds):
+            view.nets.load_state_dict(self.member_nets(k))
+            view.seed, view.epoch = seed, self.epoch
+            runs.append(view.evaluate())
+        return combine_members(runs)
+
     def state_dict(self) -> dict:
         """Everything needed to continue: nets, optimisers, RNG state, adaptive lambda, counters."""
         return {
             "nets": self.nets.state_dict(),
             "opts": {k: o.state_dict() for k, o in self.opts.items()},
-            "rng": self.gen.get_state(),
+            "rng": [g.get_state() for g in self.gens] if self.fused else self.gens[0].get_state(),
             "lam": self.lam.clone(),
             "epoch": self.epoch,
             "perm": self._perm.clone(),
             "perm_pos": self._perm_pos,
             "best_drg": copy.deepcopy(self.best_drg),
             "config": dict(self.cfg.__dict__),
-            "seed": self.seed,  # the evaluation streams derive from it
+            "seed": self.seeds if self.fused else self.seed,  # the evaluation streams derive from it
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict` (device-agnostic: tensors are moved to this run's device)."""
+        fused = isinstance(state.get("seed"), list)
+        if fused != self.fused or (fused and len(state["seed"]) != len(self.seeds)):
+            held = f"a fused run of {len(state['seed'])} seeds" if fused else "a plain run"
+            this = f"a fused run of {len(self.seeds)} seeds" if self.fused else "a plain run"
+            raise UserError(f"d2sc: the checkpoint holds {held} and this run is {this}: resume with the seeds it was written with.")
         self.nets.load_state_dict(state["nets"])
         for k, o in self.opts.items():
             o.load_state_dict(state["opts"][k])
-        self.gen.set_state(state["rng"].cpu())
+        rng = state["rng"] if self.fused else [state["rng"]]
+        for g, r in zip(self.gens, rng):
+            g.set_state(r.cpu())
         self.lam = state["lam"].to(self.device)
         self.epoch = int(state["epoch"])
         self._perm = state["perm"].to(self.device)
         self._perm_pos = int(state["perm_pos"])
         self.best_drg = copy.deepcopy(state["best_drg"])
-        self.seed = int(state.get("seed", self.seed))  # older checkpoints lack it: keep this run's
+        if self.fused:
+            self.seeds = [int(v) for v in state["seed"]]
+            self.seed = self.seeds[0]
+        else:
+            self.seed = int(state.get("seed", self.seed))  # older checkpoints lack it: keep this run's
+
+
+def combine_members(runs: list[dict]) -> dict:
+    """One evaluation of a fused run from its members' evaluations: the mean of every numeric key,
+    the sample sd (0 for one member) of S/U/H/ZSL as ``<key>_sd``, and ``members``."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)):
+            values = torch.tensor([float(r[key]) for r in runs], dtype=torch.float64)
+            out[key] = float(values.mean())
+            if key in ("S", "U", "H", "ZSL"):
+                out[f"{key}_sd"] = float(values.std()) if len(runs) > 1 else 0.0
+    out["members"] = float(len(runs))
+    return out
 
 
 def _acc(log: dict, **values: torch.Tensor) -> None:
