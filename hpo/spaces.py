@@ -184,6 +184,10 @@ def _check_preset(preset: Any, presets: dict, model: str, where: str, key: str) 
 
 def _check_values(config_cls: type, values: dict, model: str, where: str, what: str) -> None:
     """Every key must be a hyperparameter of the model and every value of its type."""
+    bad = next((key for key in values if not isinstance(key, str)), None)
+    if bad is not None:
+        raise UserError(f"search space file {where}, {what}: key {bad!r} is not a name: write hyperparameter names "
+                        "as text.")
     try:
         validate_config(config_cls, values, where=f"model '{model}'")
     except UserError as err:

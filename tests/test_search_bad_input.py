@@ -36,6 +36,7 @@ SPACE_FILES = {  # written into the test's folder for the --space cases below
     "fixed_beyond.yaml": b"model: eszsl\nparams: {lam: {type: float, low: 0.1, high: 1}, lr: {type: fixed, value: 5}}\n",
     "conditional_beyond.yaml": (b"model: eszsl\nparams:\n  solver: {type: categorical, choices: [closed_form, gradient]}\n"
                                 b"  gamma: {type: float, low: -1, high: 1, when: {solver: gradient}}\n"),
+    "int_profile_key.yaml": b"model: eszsl\nprofiles: {cpu: {fixed: {1: 2, zz: 1}}}\nparams: {lam: {type: float, low: 0.1, high: 1}}\n",
 }
 
 SEARCH_CASES = {  # name: (flags, expected part of the one sentence)
@@ -51,6 +52,8 @@ SEARCH_CASES = {  # name: (flags, expected part of the one sentence)
                                              "param 'lr': the value 5 is refused"),
     "space conditional range beyond the model's": (["--space", "{tmp}/conditional_beyond.yaml"],
                                                    "param 'gamma': the value -1.0 is refused"),
+    "space profile with a number as a key": (["--space", "{tmp}/int_profile_key.yaml"],
+                                             "profiles.cpu.fixed: key 1 is not a name"),
     "storage path under /proc": (["--storage-path", "/proc/zsl-results"], "cannot write in /proc"),
     "storage path read-only": (["--storage-path", "/sys/kernel/zsl-results"], "cannot write in /sys/kernel"),
     "negative seed": (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
