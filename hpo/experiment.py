@@ -26,7 +26,7 @@ from hpo.trusted_state import default_key_file
 from hpo.spaces import PROFILES, Space, check_model_ranges, load_space, parse_space, read_space_doc
 from hpo.trainable import OBJECTIVES, SearchContext
 from zsl.models import base_dataset_name
-from zsl.run import CLASS_EMBEDDINGS, MAX_SEED, DataOptions
+from zsl.run import CLASS_EMBEDDINGS, MAX_FUSED_SEEDS, MAX_SEED, DataOptions
 
 SEARCH_FILE = "search.json"
 STUDY_FILE = "optuna.db"
@@ -55,6 +55,7 @@ class SearchOptions:
     resume: bool = False
     force: bool = False
     seed: int = 0
+    seeds: int = 1  # fused seeds per run (models with FUSES_SEEDS); the objective is their mean H
     time_budget: float | None = None
     objective: str = "mean"
     max_epochs: int | None = None
@@ -99,6 +100,7 @@ def check_options(opts: SearchOptions) -> None:
          "--gpus-per-trial must be a finite number >= 0 (fractions allowed)"),
         (0 <= opts.seed <= MAX_SEED, f"--seed must be an integer from 0 to {MAX_SEED}"),
         (0 <= opts.data_seed <= MAX_SEED, f"--data-seed must be an integer from 0 to {MAX_SEED}"),
+        (1 <= opts.seeds <= MAX_FUSED_SEEDS, f"--seeds must be an integer from 1 to {MAX_FUSED_SEEDS}"),
         (opts.max_failures >= 0, "--max-failures must be >= 0 (Ray's -1, retry forever, would never end a trial "
                                  "that always fails)"),
         (finite(opts.reduction_factor), "--reduction-factor must be a finite number"),
@@ -286,8 +288,10 @@ def dataset_runs_mode(opts: SearchOptions) -> str:
 def make_context(opts: SearchOptions, preset: str | None, overrides: dict, model: str) -> SearchContext:
     """The trials' context; each dataset's base config (model defaults <- preset <- the space's overrides) is
     resolved here, once, and travels with it: presets edited during a search change nothing."""
-    from zsl.models import make_config
+    from zsl.models import get_model, make_config
 
+    if opts.seeds > 1 and not getattr(get_model(model), "FUSES_SEEDS", False):
+        raise UserError(f"--seeds {opts.seeds}: model '{model}' does not train fused seeds yet; use --seeds 1.")
     datasets, mode = opts.resolved_datasets(), dataset_runs_mode(opts)
     share = len(datasets) if mode == "parallel" else 1
     return SearchContext(
@@ -298,7 +302,7 @@ def make_context(opts: SearchOptions, preset: str | None, overrides: dict, model
         torch_threads=max(1, int(opts.cpus_per_trial / share)), dataset_runs=mode,
         cpus_per_run=opts.cpus_per_trial / share, gpus_per_run=opts.gpus_per_trial / share,
         data_seed=opts.data_seed, class_embedding=class_embeddings(opts), split_percent=opts.split_percent,
-        scaler_fit=opts.scaler_fit,
+        scaler_fit=opts.scaler_fit, seeds=opts.seeds,
     )
 
 

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     p.add_argument("--force", action="store_true", help="delete an existing experiment of this name and start over")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the searcher and of every run's model")
+    p.add_argument("--seeds", type=int, default=d.seeds, metavar="K",
+                   help="train every run as K fused seeds (--seed .. --seed+K-1, one batched model; d2sc) and rank "
+                        "trials on their mean H; each dataset's H_sd is reported too (default 1)")
     p.add_argument("--data-seed", type=int, default=d.data_seed,
                    help="seed of the simulated data and of the validation holdout (default 0, as zsl.train)")
     p.add_argument("--class-embedding", default=d.class_embedding,

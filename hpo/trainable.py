@@ -65,6 +65,7 @@ class SearchContext:
     scaler_fit: str = "train_rows"
     base_configs: dict = field(default_factory=dict)  # {dataset: resolved base config}, fixed at search start
     profile: str = ""  # the space's run profile the search used (hpo.experiment.run_profile)
+    seeds: int = 1     # K > 1: every run trains the seeds seed..seed+K-1 fused and scores their mean
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,7 +81,7 @@ class SearchContext:
                                     max_epochs=self.max_epochs)
         data = DataOptions(self.class_embedding.get(dataset, "att"), self.split_percent, self.scaler_fit)
         return RunSpec(self.model, dataset, self.preset, protocol or self.protocol, self.seed, self.data_seed,
-                       self.scale, self.data_root, config, data)
+                       self.scale, self.data_root, config, data, seeds=self.seeds)
 
 
 def aggregate(values: list[float], how: str) -> float:

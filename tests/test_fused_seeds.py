@@ -107,3 +107,40 @@ def test_fused_resume_continues_to_the_uninterrupted_run():
 def test_fused_runs_refuse_what_they_cannot_fuse(seeds, option, match):
     with pytest.raises(UserError, match=match):
         D2SC({**TINY, **option}, toy_data(), "cpu", seeds)
+
+
+def test_a_search_with_fused_seeds_ranks_trials_on_the_members_mean(ray_session, tmp_path):
+    """A real D2SC search with --seeds 2: every scored row carries each dataset's member count and H sd; the
+    objective is the members' mean H."""
+    from hpo.experiment import SearchOptions
+    from hpo.report import read_trials
+    from hpo.tuner import run_search
+
+    space = tmp_path / "space.yaml"
+    fixed = {**TINY, "eval_views": "[V]", "drg_epochs": 1, "dfg_epochs": 2}
+    space.write_text("model: d2sc\npreset: small\nparams:\n"
+                     "  dfg_lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n"
+                     + "".join(f"  {k}: {{type: fixed, value: {v}}}\n" for k, v in fixed.items()))
+    opts = SearchOptions(space=str(space), datasets=["sim-AWA2"], num_samples=2, max_concurrent=2, name="fused",
+                         storage_path=str(tmp_path), seed=0, seeds=2, scheduler="fifo", max_failures=0, verbose=0,
+                         state_key=str(tmp_path / "key"))
+    summary = run_search(opts)
+    assert summary.trials == 2 and summary.errored == 0
+    for t in read_trials(tmp_path / "fused"):
+        scored = [r for r in t.rows if r["stage"] == "scoring"]
+        assert scored and all(r["sim-AWA2/members"] == 2 and r["sim-AWA2/H_sd"] >= 0 for r in scored)
+        assert all(r["objective"] == pytest.approx(r["sim-AWA2/H"]) for r in scored)
+
+
+def test_search_refuses_fused_seeds_for_a_model_without_them(tmp_path):
+    from hpo.experiment import SearchOptions
+    from hpo.tuner import run_search
+    from search_fixtures import eszsl_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text(eszsl_space())
+    opts = SearchOptions(space=str(space), datasets=["sim-AWA2"], num_samples=1, name="x", storage_path=str(tmp_path),
+                         seeds=2, verbose=0, state_key=str(tmp_path / "key"))
+    with pytest.raises(UserError, match="does not train fused seeds"):
+        run_search(opts)
+    assert not (tmp_path / "x").exists()

@@ -23,6 +23,7 @@ CLASS_EMBEDDINGS = ("att", "original_att", "sent")
 SPLIT_PERCENTS = (100, 30, 10)
 SCALER_FITS = ("train_rows", "full_trainval")
 MAX_SEED = 2**32 - 1  # numpy's generators take seeds below 2**32
+MAX_FUSED_SEEDS = 64  # members of one fused run
 MAX_EPOCHS = 100_000  # a sanity bound: a larger count is a typo (e.g. --set epochs=1e30), not a plan
 
 
@@ -57,11 +58,20 @@ class RunSpec:
     data_root: str | None
     config: dict               # resolved hyperparameters, epoch budget applied
     data: DataOptions = field(default_factory=DataOptions)
+    seeds: int = 1             # K > 1: one fused run of the K seeds seed, seed+1, ..., seed+K-1
 
     def __post_init__(self) -> None:
         for flag, value in (("--seed", self.seed), ("--data-seed", self.data_seed)):
             if not 0 <= value <= MAX_SEED:
                 raise UserError(f"{flag} must be an integer from 0 to {MAX_SEED}, got {value}.")
+        if not 1 <= self.seeds <= MAX_FUSED_SEEDS or self.seed + self.seeds - 1 > MAX_SEED:
+            raise UserError(f"--seeds must be an integer from 1 to {MAX_FUSED_SEEDS} (and --seed + --seeds - 1 at most "
+                            f"{MAX_SEED}), got {self.seeds}.")
+
+    @property
+    def model_seed(self) -> int | list[int]:
+        """The trainer's seed argument: the seed, or the list of a fused run's seeds."""
+        return self.seed if self.seeds == 1 else [self.seed + k for k in range(self.seeds)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,7 +137,11 @@ class Run:
         self.spec = spec
         self.data = data if data is not None else load_run_data(spec)
         torch.manual_seed(spec.seed)
-        self.trainer = get_model(spec.model)(spec.config, self.data, device, spec.seed)
+        cls = get_model(spec.model)
+        if spec.seeds > 1 and not getattr(cls, "FUSES_SEEDS", False):
+            raise UserError(f"--seeds {spec.seeds}: model '{spec.model}' does not train fused seeds yet; use --seeds 1 "
+                            f"(one seed per run).")
+        self.trainer = cls(spec.config, self.data, device, spec.model_seed)
         self.device_type = torch.device(device).type
 
     @property

@@ -41,6 +41,7 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import MISSING
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,7 +143,7 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
     data.update({k: v for k, v in (("class_embedding", args.class_embedding), ("split_percent", args.split_percent),
                                    ("scaler_fit", args.scaler_fit)) if v is not None})
     return RunSpec(model, dataset, preset, args.protocol, args.seed, args.data_seed, args.scale, data_root, config,
-                   DataOptions(**data))
+                   DataOptions(**data), seeds=args.seeds)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -239,7 +240,8 @@ def check_resume_spec(saved: dict, spec: RunSpec, out: Path) -> None:
     """UserError naming the first setting that differs from the checkpoint's."""
     current = spec.to_dict()
     for key, value in current.items():
-        if saved.get(key) != value:
+        default = RunSpec.__dataclass_fields__[key].default   # a field newer than the checkpoint: its default
+        if saved.get(key, None if default is MISSING else default) != value:
             if key == "config":
                 diff = sorted(k for k in set(value) | set(saved[key]) if value.get(k) != saved[key].get(k))
                 key = f"hyperparameter '{diff[0]}'"
@@ -276,6 +278,9 @@ def final_table(spec: RunSpec, data, metrics: dict, epochs: int) -> str:
     row = f"{dataset:<22} {spec.protocol:<11} {spec.model:<8} {epochs:>6} " + " ".join(
         f"{metrics[k]:6.2f}" if k in metrics else f"{'-':>6}" for k in METRIC_KEYS)
     lines = [f"Final metrics (percent) on {data.label}:", head, row]
+    if spec.seeds > 1:
+        lines.append(f"mean of {spec.seeds} fused seeds {spec.seed}..{spec.seed + spec.seeds - 1}; sd over them: "
+                     + " ".join(f"{k} {metrics[k + '_sd']:.2f}" for k in METRIC_KEYS if k + "_sd" in metrics))
     if data.simulated:
         lines.append("SIMULATED data: these numbers are not benchmark results.")
     return "\n".join(lines)
@@ -369,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=PROTOCOLS, default="validation",
                    help="validation (default; no test image is read) | final (test sets) | reference (published practice)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--seeds", type=int, default=1, metavar="K",
+                   help="train the K seeds --seed .. --seed+K-1 as one fused run and report their mean and sd "
+                        "(default 1; models that fuse seeds: d2sc)")
     p.add_argument("--data-seed", type=int, default=0, help="simulated world and validation holdout seed (default 0)")
     p.add_argument("--scale", choices=("small", "full"), default="small", help="size of simulated datasets (default small)")
     p.add_argument("--class-embedding", choices=("att", "original_att", "sent"),

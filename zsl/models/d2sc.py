@@ -257,6 +257,7 @@ class D2SC:
     """The D2SC trainer (zsl.trainer.Trainer protocol).  See :class:`Config` for every option."""
 
     Config = Config
+    FUSES_SEEDS = True   # a list of seeds trains the members as one batched model
 
     @classmethod
     def epochs_in(cls, config: dict) -> int:
