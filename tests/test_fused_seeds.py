@@ -1,4 +1,8 @@
-"""Fused seeds: K members trained as one batched D2SC reproduce the K plain runs, member by member."""
+"""Fused seeds: K members trained as one batched D2SC reproduce the K plain runs, member by member.
+
+The runs here are a few iterations long: over hundreds, a LeakyReLU input within rounding of zero
+eventually flips the gradient penalty's gradient and the member becomes another sample of its seed's
+training (zsl.models.d2sc module docstring)."""
 
 import pytest
 import torch
