@@ -185,7 +185,8 @@ def print_start(opts: SearchOptions, ctx, sidecar: Path, record: dict) -> None:
     exp = experiment_dir(opts)
     kind = "simulated" if all(d.startswith("sim-") for d in ctx.datasets) else "real"
     print(f"zsl-hpo search '{opts.experiment_name()}': model {ctx.model} (preset {ctx.preset}, run profile {ctx.profile or 'as written'}), datasets "
-          f"{', '.join(ctx.datasets)} ({kind} data, protocol {ctx.protocol}), objective {ctx.objective} H")
+          f"{', '.join(ctx.datasets)} ({kind} data, protocol {ctx.protocol}), objective {ctx.objective} H"
+          + (f" of {ctx.seeds} fused seeds per run" if ctx.seeds > 1 else ""))
     share = f"{ctx.cpus_per_run:g} CPU" + (f" + {ctx.gpus_per_run:g} GPU" if ctx.gpus_per_run else "")
     print(f"trials:      {ctx.dataset_runs} dataset runs"
           + (f" ({share} each)" if ctx.dataset_runs == "parallel" else "") + f", {opts.max_concurrent} trials at once")
