@@ -359,8 +359,9 @@ def check_model_ranges(space: Space, base_configs: dict) -> None:
         for dataset, base in base_configs.items():
             try:
                 check_model_config(space.model, {**base, **setting})
-            except UserError as err:  # blame the param the model names, else the one pinned
-                culprit = next((n for n in re.findall(r"'(\w+)'", str(err)) if n in setting), name)
+            except UserError as err:  # blame the pinned param if the model names it, else the first it names
+                named = [n for n in re.findall(r"'(\w+)'", str(err)) if n in setting]
+                culprit = name if name in named else (named[0] if named else name)
                 what = (f"param '{culprit}': the value {setting[culprit]!r}" if culprit is not None
                         else "the published point with the fixed params")
                 fix = "narrow the range or drop that choice" if culprit is not None else "fix those values"

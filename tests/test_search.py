@@ -30,10 +30,11 @@ preset: small
 params:
   gamma: {type: float, low: 1.0e-3, high: 1.0e+3, log: true}
   lam: {type: float, low: 1.0e-3, high: 1.0e+3, log: true}
-  steps_per_epoch: {type: categorical, choices: [2, 5, 10, 0]}   # 0 makes the model refuse: an errored trial
+  steps_per_epoch: {type: categorical, choices: [2, 5, 10]}
   solver: {type: fixed, value: gradient}
-  epochs: {type: fixed, value: 8}
-published: {gamma: 1.0, lam: 0.1, steps_per_epoch: 5}
+  epochs: {type: categorical, choices: [8, 100001]}   # the model accepts 100001; the run engine's sanity bound
+                                                      # refuses it when the trial starts: an errored trial
+published: {gamma: 1.0, lam: 0.1, steps_per_epoch: 5, epochs: 8}
 """
 
 
@@ -85,8 +86,8 @@ def test_asha_stops_trials_and_optuna_records_them_pruned(search):
     for t in complete:
         assert sorted(t.intermediate_values) == list(range(1, EPOCHS + 1))
     for t in failed:
-        assert t.params["steps_per_epoch"] == 0
-    assert study.trials[0].params == {"gamma": 1.0, "lam": 0.1, "steps_per_epoch": 5}  # published first
+        assert t.params["epochs"] == 100001
+    assert study.trials[0].params == {"gamma": 1.0, "lam": 0.1, "steps_per_epoch": 5, "epochs": 8}  # published first
     assert study.metric_names == ["objective: H over datasets (validation, last scoring epoch)"]
     for t in pruned + complete:  # each dataset's last scores, for optuna-dashboard
         assert {f"{d}/{k}" for d in DATASETS for k in ("S", "U", "H", "ZSL")} <= set(t.user_attrs)
@@ -172,7 +173,7 @@ def _cli(args, address):
 
 def _interrupt_and_resume(tmp_path, address, sig, name):
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE.replace("[2, 5, 10, 0]", "[2, 5, 10]"))
+    space.write_text(SPACE.replace("[8, 100001]", "[8]"))  # no errored trial here
     args = ["--space", str(space), "--datasets", ",".join(DATASETS), "--num-samples", "4", "--max-concurrent", "2",
             "--storage-path", str(tmp_path), "--name", name, "--scheduler", "fifo", "--verbose", "0"]
     proc = _cli(args, address)
@@ -234,7 +235,7 @@ def test_resume_after_torn_snapshot(ray_session, tmp_path):
     still reaches --num-samples trials, the trials unknown to it are sampled anew and their Optuna
     trials (finished before the kill) stay COMPLETE."""
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE.replace("[2, 5, 10, 0]", "[2, 5]"))
+    space.write_text(SPACE.replace("[2, 5, 10]", "[2, 5]").replace("[8, 100001]", "[8]"))
     key = str(tmp_path / "state.key")
     opts = SearchOptions(space=str(space), datasets=DATASETS, num_samples=4, max_concurrent=2, name="torn",
                          storage_path=str(tmp_path), seed=5, scheduler="fifo", max_failures=0, verbose=0,
@@ -287,7 +288,7 @@ def test_parallel_dataset_runs_match_sequential(ray_session, tmp_path):
     """--dataset-runs parallel (one Ray actor per dataset in the trial's placement group) reports exactly
     the numbers of the sequential trial for the same seed and setting."""
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE.replace("[2, 5, 10, 0]", "[5]").replace("value: 8", "value: 3"))
+    space.write_text(SPACE.replace("[2, 5, 10]", "[5]").replace("[8, 100001]", "[3]").replace("epochs: 8}", "epochs: 3}"))
     rows = {}
     for mode in ("sequential", "parallel"):
         opts = SearchOptions(space=str(space), datasets=DATASETS, num_samples=1, max_concurrent=1, name=mode,
