@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from d2sc import awa2_like_data  # noqa: E402  (bench/d2sc.py; it puts the repo on sys.path)
+from d2sc import _sync, awa2_like_data  # noqa: E402  (bench/d2sc.py; it puts the repo on sys.path)
 
 from zsl.models.d2sc import D2SC  # noqa: E402
 
@@ -31,11 +31,6 @@ WIDTHS = {   # the cpu profile's and the paper's net widths on AWA2 (noise 312)
     "cpu": dict(gen_hidden=512, ngh=512, ndh=512),
     "paper": dict(gen_hidden=4096, ngh=4096, ndh=4096),
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def seconds_per_iteration(models: list[D2SC], stage: str, iters: int) -> float:

@@ -19,11 +19,16 @@ nothing; the trainer-level figures belong in a trainer benchmark.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from d2sc import _sync  # noqa: E402  (bench/d2sc.py)
 
 # (input dim of the generator = noise + condition + feature, hidden width, feature dim), batch 64
 WIDTHS = {
@@ -69,11 +74,6 @@ class StackedStep(nn.Module):
         scores = self._linear(self.d2, act(self._linear(self.d1, subj), 0.2))[..., 0]
         per_member = scores[:, B:2 * B].mean(1) - scores[:, :B].mean(1) + (fake - real).pow(2).mean((1, 2))
         return per_member.sum()   # members' gradients stay independent
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _time(step, device: torch.device, reps: int) -> float:

@@ -26,7 +26,7 @@ from hpo.trusted_state import default_key_file
 from hpo.spaces import PROFILES, Space, check_model_ranges, load_space, parse_space, read_space_doc
 from hpo.trainable import OBJECTIVES, SearchContext
 from zsl.models import base_dataset_name
-from zsl.run import CLASS_EMBEDDINGS, MAX_FUSED_SEEDS, MAX_SEED, DataOptions
+from zsl.run import CLASS_EMBEDDINGS, MAX_FUSED_SEEDS, MAX_SEED, DataOptions, check_fused_seeds
 
 SEARCH_FILE = "search.json"
 STUDY_FILE = "optuna.db"
@@ -288,10 +288,9 @@ def dataset_runs_mode(opts: SearchOptions) -> str:
 def make_context(opts: SearchOptions, preset: str | None, overrides: dict, model: str) -> SearchContext:
     """The trials' context; each dataset's base config (model defaults <- preset <- the space's overrides) is
     resolved here, once, and travels with it: presets edited during a search change nothing."""
-    from zsl.models import get_model, make_config
+    from zsl.models import make_config
 
-    if opts.seeds > 1 and not getattr(get_model(model), "FUSES_SEEDS", False):
-        raise UserError(f"--seeds {opts.seeds}: model '{model}' does not train fused seeds yet; use --seeds 1.")
+    check_fused_seeds(model, opts.seeds)
     datasets, mode = opts.resolved_datasets(), dataset_runs_mode(opts)
     share = len(datasets) if mode == "parallel" else 1
     return SearchContext(

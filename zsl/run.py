@@ -114,6 +114,13 @@ def check_model_config(model: str, config: dict, protocol: str = "validation") -
     check(cfg, protocol) if "protocol" in inspect.signature(check).parameters else check(cfg)
 
 
+def check_fused_seeds(model: str, seeds: int) -> None:
+    """UserError when ``seeds`` > 1 asks a model without fused seeds (class attribute FUSES_SEEDS) for them."""
+    if seeds > 1 and not getattr(get_model(model), "FUSES_SEEDS", False):
+        raise UserError(f"--seeds {seeds}: model '{model}' does not train fused seeds yet; use --seeds 1 "
+                        f"(one seed per run).")
+
+
 def load_run_data(spec: RunSpec):
     """The ZSLData of ``spec`` (protocol split, scaling, data options, data seed)."""
     from zsl.data import load_dataset
@@ -137,11 +144,8 @@ class Run:
         self.spec = spec
         self.data = data if data is not None else load_run_data(spec)
         torch.manual_seed(spec.seed)
-        cls = get_model(spec.model)
-        if spec.seeds > 1 and not getattr(cls, "FUSES_SEEDS", False):
-            raise UserError(f"--seeds {spec.seeds}: model '{spec.model}' does not train fused seeds yet; use --seeds 1 "
-                            f"(one seed per run).")
-        self.trainer = cls(spec.config, self.data, device, spec.model_seed)
+        check_fused_seeds(spec.model, spec.seeds)
+        self.trainer = get_model(spec.model)(spec.config, self.data, device, spec.model_seed)
         self.device_type = torch.device(device).type
 
     @property
