@@ -123,6 +123,7 @@ def rehearsal_verdict(opts: SearchOptions) -> int:
     """Check a finished rehearsal, evaluate its best setting on the final protocol, print both; 0 if it passed."""
     from hpo.experiment import experiment_dir
     from hpo.rehearsal import check, render, rung_epochs
+    from hpo.final_job import FinalOptions, run_final
     from hpo.report import read_trials, write_report
 
     exp = experiment_dir(opts)
@@ -130,7 +131,9 @@ def rehearsal_verdict(opts: SearchOptions) -> int:
     last_epoch = max((t.last.get("epochs_total", 0) for t in trials), default=0)
     rungs = rung_epochs(opts.grace_period, opts.reduction_factor, last_epoch)
     finding = check(trials, opts.resolved_datasets(), rungs)
-    report = write_report(exp)  # retrains the best setting on the final protocol
+    run_final(FinalOptions(experiment=exp, seeds=1, settings=["best shared"], cpus_per_trial=opts.cpus_per_trial,
+                           address=opts.address, state_key=opts.state_key, verbose=opts.verbose))  # as Ray trials
+    report = write_report(exp)
     size = sum(f.stat().st_size for f in Path(exp).rglob("*") if f.is_file() and f.parent != report)
     print(render(finding))
     print(f"experiment folder: {size / 2**30:.1f} GiB (checkpoints of paper-width runs); final evaluation and report: {report}")

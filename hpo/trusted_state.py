@@ -2,8 +2,8 @@
 
 Ray Tune restores a search by unpickling files from the experiment folder (``tuner.pkl``, the
 trial list ``experiment_state-*.json`` whose entries embed cloudpickle, the searcher snapshots
-``search_gen_state-*.json`` and ``searcher-state-*.pkl``). Whoever can write that folder (a shared
-disk, an S3 bucket) could otherwise run code on the driver at the next ``--resume``. So:
+``search_gen_state-*.json`` and ``searcher-state-*.pkl``, a grid's ``basic-variant-state-*.json``).
+Whoever can write that folder (a shared disk, an S3 bucket) could otherwise run code on the driver at the next ``--resume``. So:
 
 * the driver holds a secret key (:func:`load_key`; ``$XDG_CONFIG_HOME/zsl-hpo/state.key``, by default
   ``~/.config/zsl-hpo/state.key``, created on the first search, mode 0600, never written to the
@@ -42,7 +42,7 @@ from zsl.errors import UserError
 SNAPSHOT_FILE = "trusted-state.json"
 TUNER_FILE, TUNER_SIGNATURE = "tuner.pkl", "tuner-signature.json"
 RAY_STATE_PATTERNS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
-                      "callback-states-*.pkl")
+                      "callback-states-*.pkl", "basic-variant-state-*.json")  # the last: a grid's generator (pickled)
 FORMAT = 1
 
 

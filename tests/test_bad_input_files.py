@@ -98,7 +98,7 @@ def test_bad_report_input(case, experiment, tmp_path, capsys):
     if damage:
         damage(exp)
     before = _snapshot(exp)
-    code = report_main([str(exp), "--skip-final", *[f.format(exp=exp) for f in flags]])
+    code = report_main([str(exp), *[f.format(exp=exp) for f in flags]])
     assert expected in _one_sentence(code, capsys)
     assert _snapshot(exp) == before and not (exp / "report").exists()
 
@@ -106,7 +106,7 @@ def test_bad_report_input(case, experiment, tmp_path, capsys):
 def test_the_intact_experiment_reports(experiment, tmp_path, capsys):
     exp = tmp_path / "tiny"
     shutil.copytree(experiment, exp)
-    assert report_main([str(exp), "--skip-final"]) == 0, capsys.readouterr().err
+    assert report_main([str(exp)]) == 0, capsys.readouterr().err
     assert (exp / "report" / "report.md").is_file()
 
 

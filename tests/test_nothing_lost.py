@@ -271,7 +271,7 @@ def test_a_moved_experiment_resumes_and_reports_from_its_new_place(finished, tmp
     study = optuna.load_study(study_name=record["study_name"], storage=study_url(record, moved))
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 5  # 3 before + 2 run again here
     assert not (tmp_path / "first" / "moved").exists()  # nothing recreated at the old place
-    folder = write_report(str(moved), top_k=3, skip_final=True)
+    folder = write_report(str(moved), top_k=3)
     assert "Trials: 3 (3 completed)" in (folder / "report.md").read_text()
 
 
@@ -318,7 +318,7 @@ def test_a_trial_recovered_after_a_worker_kill_is_reported_as_it_ended(ray_sessi
     record = read_search(exp)
     study = optuna.load_study(study_name=record["study_name"], storage=study_url(record, exp))
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE"]
-    text = (write_report(str(exp), top_k=2, skip_final=True) / "report.md").read_text()
+    text = (write_report(str(exp), top_k=2) / "report.md").read_text()
     assert "Trials: 2 (2 completed)" in text and "errored" not in text
 
 

@@ -49,6 +49,7 @@ def test_zsl_train_and_a_search_trial_give_identical_numbers(ray_session, tmp_pa
 
 
 def test_the_record_rules_report_and_resume_after_the_space_file_is_edited(ray_session, tmp_path):
+    from hpo.final_job import chosen_settings
     from hpo.report import write_report
 
     opts = _opts(tmp_path, "rec")
@@ -59,9 +60,9 @@ def test_the_record_rules_report_and_resume_after_the_space_file_is_edited(ray_s
     assert record["context"]["data_seed"] == 2 and record["context"]["seed"] == 4
     assert {"torch", "ray", "optuna"} <= set(record["versions"]) and "git_revision" in record
     Path(opts.space).write_text(eszsl_space(steps=1, published="{gamma: 9.0, lam: 9.0}"))
-    folder = write_report(str(tmp_path / "rec"), top_k=2, skip_final=True)
-    final = json.loads((folder / "final.json").read_text())
-    assert final["settings"]["published"]["gamma"] == 2.0 and final["settings"]["published"]["steps_per_epoch"] == 4
+    folder = write_report(str(tmp_path / "rec"), top_k=2)
+    published = chosen_settings(str(tmp_path / "rec"), read_search(tmp_path / "rec"))[0]["published"]["params"]
+    assert published["gamma"] == 2.0 and published["steps_per_epoch"] == 4  # the final evaluation's, as recorded
     best = yaml.safe_load((folder / "best_setting.yaml").read_text())["config"]
     assert {k: best[k] for k in ("gamma", "lam")} == {k: summary.best_config[k] for k in ("gamma", "lam")}  # one "best"
     resumed = run_search(dataclasses.replace(opts, resume=True))
@@ -85,7 +86,7 @@ def test_a_file_uri_search_resumes_and_reports(ray_session, tmp_path):
     summary = run_search(_opts(tmp_path, "viauri", storage_path=uri))
     assert summary.completed == 2 and (tmp_path / "viauri" / "search.json").is_file()
     assert run_search(_opts(tmp_path, "viauri", storage_path=uri, resume=True)).trials == 2
-    folder = write_report(f"{uri}/viauri", top_k=2, skip_final=True)
+    folder = write_report(f"{uri}/viauri", top_k=2)
     assert "Trials: 2 (2 completed)" in (folder / "report.md").read_text()
 
 

@@ -215,12 +215,19 @@ def test_search_cli_on_s3_and_resume_on_a_fresh_driver(tmp_path):
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
         study = optuna.load_study(study_name="cli", storage=f"sqlite:///{driver / 'cli.hpo' / STUDY}")
         assert len(study.trials) == 2  # the study came back from the bucket
-        shutil.rmtree(driver / "cli.hpo")  # a report from another machine reads the bucket alone
-        report = subprocess.run([sys.executable, str(root / "hpo" / "report.py"), "s3://zsl-cli/exp/cli",
-                                 "--skip-final"], cwd=driver, env=env, capture_output=True, text=True, timeout=600)
+        shutil.rmtree(driver / "cli.hpo")  # the final evaluation and the report from another machine read the bucket alone
+        final = subprocess.run([sys.executable, str(root / "hpo" / "final.py"), "s3://zsl-cli/exp/cli", "--seeds", "1",
+                                "--settings", "best shared"], cwd=driver, env=env, capture_output=True, text=True,
+                               timeout=600)
+        assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
+        keys = [k for k in bucket_keys(client, "zsl-cli") if k.startswith("exp/cli/final/")]
+        assert any(k.endswith("final-plan.json") for k in keys) and any(k.endswith("result.json") for k in keys)
+        report = subprocess.run([sys.executable, str(root / "hpo" / "report.py"), "s3://zsl-cli/exp/cli"],
+                                cwd=driver, env=env, capture_output=True, text=True, timeout=600)
         assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
         text = (driver / "cli.report" / "report.md").read_text()
         assert "# Search report: cli (simulated data)" in text and "Trials: 2 (2 completed" in text
+        assert "## Final evaluation (protocol final" in text and "| best shared |" in text
         missing = subprocess.run([sys.executable, str(root / "hpo" / "report.py"), "s3://zsl-cli/nothing-here"],
                                  cwd=driver, env=env, capture_output=True, text=True, timeout=600)
         assert missing.returncode == 2 and "holds no zsl-hpo experiment files" in missing.stderr

@@ -58,6 +58,17 @@ class ZSLData:
     def has_second_view(self) -> bool:
         return self.train_c is not None
 
+    def provenance(self) -> dict:
+        """What a number computed on this data rests on: protocol, real/simulated, feature file and dimension,
+        second view, class embedding and its dimension, data seed and split percent."""
+        sources = self.info.get("sources", {})
+        base = lambda key: sources[key].replace("\\", "/").rsplit("/", 1)[-1] if key in sources else None  # noqa: E731
+        return {"dataset": self.name, "protocol": self.protocol, "data": "simulated" if self.simulated else "real",
+                "feature_file": base("x"), "feature_dim": self.feature_dim,
+                "second_view_file": base("c"), "second_view_dim": self.second_view_dim,
+                "class_embedding": self.info.get("class_embedding"), "class_embedding_dim": self.emb_dim,
+                "data_seed": self.info.get("seed"), "split_percent": self.info.get("split_percent")}
+
     @property
     def label(self) -> str:
         """Human label used in every printed summary, e.g. 'sim-AWA2 (simulated, validation protocol)'."""
