@@ -71,6 +71,7 @@ class SearchOptions:
     split_percent: int = 100
     scaler_fit: str = "train_rows"
     profile: str = "auto"  # run profile of the space: auto (see resolved_profile), cpu, gpu, demo, rehearse, ...
+    per_dataset: bool = False  # one search per dataset instead of one shared search (see per_dataset_options)
     state_key: str = field(default_factory=default_key_file)  # the driver's key that signs Ray's state (hpo.trusted_state)
 
     def resolved_datasets(self) -> list[str]:
@@ -87,6 +88,17 @@ class SearchOptions:
 
     def experiment_name(self) -> str:
         return self.name or f"{Path(self.space).stem}-search"
+
+
+def per_dataset_options(opts: SearchOptions) -> list[SearchOptions]:
+    """``--per-dataset``: one search per dataset, each with the shared search's space, run profile, trials and
+    budget, named ``<name>-<dataset>`` beside it (where hpo.final_job looks for each dataset's own best)."""
+    from hpo.final_job import per_dataset_experiment
+
+    return [replace(opts, datasets=[d], per_dataset=False, profile=opts.resolved_profile(),
+                    name=per_dataset_experiment(opts.experiment_name(), d),
+                    class_embedding=class_embeddings(opts)[d])
+            for d in opts.resolved_datasets()]
 
 
 def check_options(opts: SearchOptions) -> None:

@@ -103,7 +103,7 @@ def best_trial_params(exp_dir: str) -> tuple[dict, str] | None:
     with local_experiment(exp_dir, ("params.json", "result.json", "error.txt", "search.json")) as exp:
         datasets = SearchContext(**read_search(exp)["context"]).datasets
         top = leaderboard(read_trials(exp), datasets, 1)
-    return (top[0].config, top[0].name) if top else None
+    return (top[0].config, top[0].name.split("_")[1]) if top else None
 
 
 def chosen_settings(exp_dir: str, record: dict) -> tuple[dict, list[str]]:
@@ -335,9 +335,9 @@ def _prepare(opts: FinalOptions, record: dict, final_dir: str) -> dict:
     if plan is not None and not opts.force:
         raise UserError(f"the final evaluation {final_dir} already exists: pass --resume to continue it, or --force "
                         "to run it again from scratch.")
+    plan = new_plan(opts, record)  # every choice checked before anything is deleted
     if not is_remote(final_dir):
         remove_experiment_folder(Path(final_dir), Path(opts.experiment), flag="--force")
-    plan = new_plan(opts, record)
     if is_remote(final_dir):
         fs, root = filesystem(final_dir)
         write_whole(fs, f"{root.rstrip('/')}/{PLAN_FILE}", json.dumps(plan, indent=2).encode())

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-key", default=d.state_key,
                    help="the key file that signs Ray's saved state (default %(default)s; made on the first search; "
                         "--resume needs the same file: see cluster/README.md, 'Trust')")
+    p.add_argument("--per-dataset", action="store_true",
+                   help="one search per dataset (experiments <name>-<dataset>: the same space, profile and trials per "
+                        "dataset as the shared search), so that hpo/final.py can price the shared setting")
     p.add_argument("--rehearse", action="store_true",
                    help="paper-scale rehearsal: the space's 'rehearse' profile (paper widths, real class counts, "
                         "simulated full-scale features, 1 iteration per epoch) through ASHA, the epoch cap, "
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         if rehearse:
             from hpo.rehearsal import rehearsal_options
             opts = rehearsal_options(opts)
+        if opts.per_dataset:
+            return run_per_dataset(opts)
         summary = run_search(opts)
         if summary.interrupted:
             print("interrupted: finished trials are kept; continue with the same command plus --resume", file=sys.stderr)
@@ -116,6 +121,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the disk is full ({full}): nothing finished was lost; free space, then continue with the "
               "same command plus --resume.", file=sys.stderr)
         return EXIT_USER_ERROR
+    return 0
+
+
+def run_per_dataset(opts: SearchOptions) -> int:
+    """``--per-dataset``: each dataset's own search in turn (hpo.experiment.per_dataset_options); 130 when one
+    was interrupted (the next ones are not started)."""
+    from hpo.experiment import check_options, per_dataset_options
+    from hpo.tuner import run_search
+
+    check_options(opts)
+    for own in per_dataset_options(opts):
+        if opts.verbose:
+            print(f"\n== {own.datasets[0]}: its own search ({own.experiment_name()}) ==")
+        if run_search(own).interrupted:
+            print("interrupted: finished trials are kept; continue with the same command plus --resume", file=sys.stderr)
+            return 130
     return 0
 
 

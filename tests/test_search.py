@@ -142,27 +142,21 @@ def test_tensorboard_hparams_for_every_trial_with_results(search):
     assert checked == summary.completed + summary.stopped_early >= 4  # early-stopped trials included
 
 
-def test_report_leaderboard_best_setting_and_final_evaluation(search):
+def test_report_leaderboard_and_best_setting_only_read(search):
     from hpo.report import write_report
     from zsl.train import read_config_file
 
     summary, exp, _ = search
+    before = sorted(str(p) for p in exp.rglob("*") if "report" not in p.parts)
     folder = write_report(str(exp), top_k=3)
     text = (folder / "report.md").read_text()
-    assert "protocol: validation" in text and "protocol: final" in text and "simulated" in text
-    assert {"best_so_far.png", "top_trials_h.png", "best_setting.yaml", "final.json"} <= {p.name for p in folder.iterdir()}
+    assert "protocol: validation" in text and "simulated" in text
+    assert "Not run yet: `python hpo/final.py" in text and not (folder / "final.json").exists()  # the report never trains
+    assert sorted(str(p) for p in exp.rglob("*") if "report" not in p.parts) == before
+    assert {"best_so_far.png", "top_trials_h.png", "best_setting.yaml"} <= {p.name for p in folder.iterdir()}
     doc = read_config_file(str(folder / "best_setting.yaml"))
-    final = json.loads((folder / "final.json").read_text())
-    assert doc["model"] == "eszsl" and doc["preset"] == "small" and doc["config"] == final["settings"]["best shared"]
+    assert doc["model"] == "eszsl" and doc["preset"] == "small" and doc["config"] == summary.best_config
     make_config(doc["model"], doc["preset"], "sim-AWA2", doc["config"])  # replayable through the seam
-    assert final["protocol"] == "final" and final["data"] == "simulated"
-    assert {"best shared", "published", "best on sim-AWA2", "best on sim-CUB"} <= set(final["results"])
-    for per in final["results"].values():
-        for d in DATASETS:
-            assert 0.0 <= per[d]["H"] <= 100.0 and 0.0 <= per[d]["ZSL"] <= 100.0
-    best, published = final["results"]["best shared"], final["results"]["published"]
-    if final["settings"]["best shared"] == final["settings"]["published"]:  # same setting and seed: same numbers
-        assert all(best[d][k] == published[d][k] for d in DATASETS for k in ("S", "U", "H", "ZSL"))
 
 
 def _cli(args, address):
