@@ -164,6 +164,7 @@ def test_final_runs_as_ray_trials_on_their_gpu_share_and_the_report_answers(sear
         run_final(FinalOptions(experiment=str(searched), seeds=2, verbose=0))
 
 
+@pytest.mark.slow
 def test_a_killed_final_evaluation_resumes_without_recomputing_finished_runs(searched, fake_gpu_ray, tmp_path):
     import shutil
 

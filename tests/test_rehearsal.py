@@ -78,4 +78,5 @@ def test_paper_scale_rehearsal(tmp_path, ray_session):
     assert proc.returncode == 0, out[-4000:]
     assert "rehearsal passed" in out and "judged on a scoring row" in out
     assert f"{'sim-SUN':9s} DRG" in out and f"{'sim-SUN':9s} scoring" in out
-    assert (tmp_path / "d2sc-rehearsal" / "report" / "report.md").exists()
+    report = (tmp_path / "d2sc-rehearsal" / "report" / "report.md").read_text()
+    assert "## Final evaluation (protocol final" in report and "| best shared |" in report  # tested as a Ray trial
