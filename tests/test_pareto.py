@@ -1,13 +1,25 @@
-"""``--objective pareto``: the Pareto maths against hand computations, the multi-objective ASHA rung decision
-and the report's Pareto section."""
+"""``--objective pareto``: the Pareto maths against hand computations, the multi-objective ASHA rung decision,
+the multi-objective Optuna searcher, the report's Pareto section, and one real search on a local Ray."""
 
+import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import pytest
+import yaml
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from hpo.mo_asha import MultiObjectiveASHA, keep_count, rung_decision, rung_milestones, survivors
 from hpo.pareto import compromise, crowding_distance, nondominated_fronts, pareto_section, rank_order
+from hpo.reconcile import RAY_TRIAL_ATTR, reconcile_snapshot
+from hpo.searcher import STOP_EPOCH_ATTR, PruningOptunaSearch, make_scheduler, objective_metrics
+from hpo.spaces import DefineByRun, parse_space
+from zsl.errors import UserError
+
+from search_fixtures import eszsl_space
 
 INF = math.inf
 
@@ -99,6 +111,17 @@ def test_scheduler_judges_scoring_rows_at_rungs_only():
     assert sched.decisions[-1]["action"] == "ENDED" and sched.rungs[4] == {"t3": (1.0, 1.0)}
 
 
+def test_make_scheduler_picks_mo_asha_for_pareto_only():
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    objectives = objective_metrics(["sim-AWA2", "sim-CUB"])
+    assert objectives == ["sim-AWA2/H", "sim-CUB/H"]
+    mo = make_scheduler("asha", max_t=10, grace_period=1, reduction_factor=3, objectives=objectives)
+    assert isinstance(mo, MultiObjectiveASHA) and mo.metrics == tuple(objectives) and list(mo.rungs) == [1, 3, 9]
+    assert type(make_scheduler("fifo", max_t=10, grace_period=1, reduction_factor=3, objectives=objectives)) is FIFOScheduler
+    assert isinstance(make_scheduler("asha", max_t=10, grace_period=1, reduction_factor=3), ASHAScheduler)
+
+
 # --- compromise and the report's section ------------------------------------------------------------------------
 
 def test_compromise_by_hand():
@@ -134,3 +157,173 @@ def test_pareto_section_writes_one_png_per_pair_and_sane_lines(tmp_path):
     one = pareto_section(points, ["sim-AWA2"], marked, tmp_path / "none", "simulated data")
     assert one[-1] == "A Pareto front needs 2 datasets or more; this search has 1."
     assert "no front" in pareto_section({"t": {"sim-AWA2": 1.0}}, datasets[:2], {}, tmp_path, "x")[-1]
+
+
+# --- the options ------------------------------------------------------------------------------------------------
+
+def test_pareto_with_one_dataset_is_refused_in_one_sentence(tmp_path, capsys):
+    from hpo.experiment import SearchOptions, check_options
+    from hpo.search import main
+
+    with pytest.raises(UserError, match=r"^--objective pareto needs 2 datasets or more .* sim-CUB: .*mean\.$"):
+        check_options(SearchOptions(objective="pareto", datasets=["sim-CUB"], storage_path=str(tmp_path)))
+    assert main(["--objective", "pareto", "--datasets", "sim-CUB,sim-CUB", "--storage-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --objective pareto needs 2 datasets") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    check_options(SearchOptions(objective="pareto", datasets=["sim-CUB", "sim-SUN"], storage_path=str(tmp_path)))
+
+
+# --- the multi-objective searcher -------------------------------------------------------------------------------
+
+def _mo_search(storage=None):
+    doc = yaml.safe_load("model: eszsl\nparams:\n  gamma: {type: float, low: 0.1, high: 10.0}\n")
+    return PruningOptunaSearch(space=DefineByRun(parse_space(doc, "space.yaml", "tiny")), metric="objective",
+                               mode="max", objectives=["a/H", "b/H"], storage=storage,
+                               sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def _result(epoch, total, ha, hb):
+    return {"objective": (ha + hb) / 2, "epoch": epoch, "epochs_total": total, "a/H": ha, "b/H": hb,
+            "a/S": 1.0, "training_iteration": epoch}
+
+
+def test_multi_objective_searcher_tells_values_and_stop_epoch():
+    from ray.tune.search import ConcurrencyLimiter
+
+    search = _mo_search()
+    study = search._ot_study
+    assert study.directions == [StudyDirection.MAXIMIZE] * 2 and search.objectives == ["a/H", "b/H"]
+    assert search.metric == "objective" and ConcurrencyLimiter(search, 2).metric == "objective"  # what Ray checks
+    for tid in ("done", "stopped", "nan", "err"):
+        search.suggest(tid)
+    search.on_trial_result("done", _result(1, 3, 1.0, 2.0))  # Optuna refuses intermediate values here: none sent
+    search.on_trial_complete("done", _result(3, 3, 4.0, 5.0))
+    search.on_trial_complete("stopped", _result(1, 3, 6.0, 1.5))
+    search.on_trial_complete("nan", _result(3, 3, math.nan, 5.0))
+    search.on_trial_complete("err", None, error=True)
+    done, stopped, nan, err = study.trials
+    assert done.state == TrialState.COMPLETE and done.values == [4.0, 5.0] and done.intermediate_values == {}
+    assert stopped.state == TrialState.PRUNED and stopped.values == [6.0, 1.5]
+    assert stopped.user_attrs[STOP_EPOCH_ATTR] == 1 and stopped.user_attrs["a/H"] == 6.0
+    assert STOP_EPOCH_ATTR not in done.user_attrs and done.user_attrs["a/S"] == 1.0
+    assert nan.state == err.state == TrialState.FAIL and nan.values is None
+    search.suggest("next")  # the sampler copes with PRUNED trials that hold values
+    assert study.trials[-1].state == TrialState.RUNNING
+
+
+def test_multi_objective_retry_and_reconcile(tmp_path):
+    search = _mo_search(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"))
+    study = search._ot_study
+    search.suggest("ray-1")
+    search.on_trial_complete("ray-1", None, error=True)  # errored; --resume later runs it to a stop at epoch 2
+    search.on_trial_complete("ray-1", _result(2, 3, 7.0, 8.0))
+    failed, retry = study.trials
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.PRUNED and retry.values == [7.0, 8.0]
+    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs[STOP_EPOCH_ATTR] == 2 and retry.params == failed.params
+    search.suggest("orphan")  # a trial the restored Ray does not know: ended FAIL by reconcile
+    entries = [[json.dumps({"trial_id": "ray-1", "status": "TERMINATED"}), "{}"]]
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": entries}))
+    change = reconcile_snapshot(str(tmp_path), optuna.load_study(study_name=study.study_name,
+                                                                 storage=f"sqlite:///{tmp_path / 'optuna.db'}"))
+    assert change.orphans == [2] and study.trials[2].state == TrialState.FAIL
+    assert study.trials[2].user_attrs[RAY_TRIAL_ATTR] == "orphan"
+
+
+# --- one real search on a local Ray -----------------------------------------------------------------------------
+
+DATASETS = ["sim-AWA2", "sim-CUB"]
+EPOCHS, RF = 5, 2  # rungs at scoring epochs 1, 2, 4: every stop happens before the last epoch
+
+
+def _rows(exp: Path) -> dict[str, list[dict]]:
+    """Ray trial id -> its result rows, from the trial folders."""
+    out = {}
+    for path in exp.glob("trainable_*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def test_pareto_search_end_to_end(ray_session, tmp_path, monkeypatch):
+    import hpo.tuner
+    from hpo.experiment import SearchOptions, read_search, study_url
+    from hpo.tuner import run_search
+
+    schedulers, real = [], hpo.tuner.make_scheduler
+
+    def keep(*args, **kwargs):  # the real scheduler, kept to compare its decisions with what Ray and Optuna saw
+        schedulers.append(real(*args, **kwargs))
+        return schedulers[-1]
+
+    monkeypatch.setattr(hpo.tuner, "make_scheduler", keep)
+    space = tmp_path / "space.yaml"
+    space.write_text(eszsl_space(epochs=EPOCHS, steps=2))
+    opts = SearchOptions(space=str(space), datasets=DATASETS, num_samples=8, max_concurrent=2, name="pareto",
+                         storage_path=str(tmp_path), seed=1, objective="pareto", grace_period=1, reduction_factor=RF,
+                         max_failures=0, verbose=0)
+    summary = run_search(opts)
+    (sched,) = schedulers
+    assert isinstance(sched, MultiObjectiveASHA) and sched.metric == "objective"
+    exp = Path(summary.experiment_dir)
+    record = read_search(exp)
+    study = optuna.load_study(study_name=record["study_name"], storage=study_url(record, exp))
+    rows = _rows(exp)
+
+    assert study.directions == [StudyDirection.MAXIMIZE] * 2
+    assert study.metric_names == [f"{d}/H (validation, last scoring epoch)" for d in DATASETS]
+    assert study.trials[0].params == {"gamma": 1.0, "lam": 0.1}  # the published point first
+    assert len(study.trials) == summary.trials == 8 and summary.errored == 0
+    assert summary.stopped_early >= 1 and summary.completed >= 1
+    stops = {d["trial_id"]: d for d in sched.decisions if d["action"] == "STOP"}
+    by_state = {s: [t for t in study.trials if t.state == s] for s in TrialState}
+    assert len(by_state[TrialState.PRUNED]) == summary.stopped_early == len(stops)
+    assert len(by_state[TrialState.COMPLETE]) == summary.completed == 8 - len(stops)
+    for trial in study.trials:
+        tid = trial.user_attrs[RAY_TRIAL_ATTR]
+        last = rows[tid][-1]
+        assert trial.values == [last[f"{d}/H"] for d in DATASETS] and trial.intermediate_values == {}
+        if trial.state == TrialState.PRUNED:  # stopped by the scheduler at the epoch of its last row
+            assert last["epoch"] < last["epochs_total"] == EPOCHS
+            assert trial.user_attrs[STOP_EPOCH_ATTR] == last["epoch"] == stops[tid]["rung"]
+            assert list(stops[tid]["values"]) == trial.values
+        else:
+            assert trial.state == TrialState.COMPLETE and last["epoch"] == EPOCHS and tid not in stops
+    for rung in sched.rungs:  # every decision replays from the rung's record, and matches the trial's row there
+        at_rung = [d for d in sched.decisions if d["rung"] == rung]
+        vectors = [d["values"] for d in at_rung]
+        for k, d in enumerate(at_rung):
+            assert d["position"] == k and d["kept"] == rung_decision(vectors[:k + 1], k, RF)
+            row = next(r for r in rows[d["trial_id"]] if r["epoch"] == d["epoch"])
+            assert tuple(row[f"{x}/H"] for x in DATASETS) == d["values"] and d["epoch"] == rung
+    finished = [rows[t.user_attrs[RAY_TRIAL_ATTR]][-1]["objective"] for t in by_state[TrialState.COMPLETE]]
+    assert summary.best_objective == pytest.approx(max(finished))  # Ray's metric stays the mean H
+
+
+def test_pareto_search_with_a_prefix_stage(ray_session, tmp_path):
+    """D2SC's DRG prefix reports epoch 0, objective NaN and no ``<dataset>/H``: Ray checks every row for its
+    searcher's metric, so the multi-objective searcher shows Ray the mean H; no trial errors, the rungs and
+    Optuna see scoring epochs only."""
+    from hpo.experiment import SearchOptions, read_search, study_url
+    from hpo.tuner import run_search
+
+    tiny = {"noise_dim": 8, "gen_hidden": 32, "ngh": 16, "ndh": 32, "batch_size": 32, "iters_per_epoch": 2,
+            "critic_iter": 1, "syn_num": 10, "syn_num_drg": 10, "classifier_epochs": 2, "drg_epochs": 1,
+            "dfg_epochs": 2}
+    space = tmp_path / "space.yaml"
+    space.write_text("model: d2sc\npreset: small\nparams:\n  dfg_lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n"
+                     + "".join(f"  {k}: {{type: fixed, value: {v}}}\n" for k, v in tiny.items()))
+    opts = SearchOptions(space=str(space), datasets=DATASETS, num_samples=2, max_concurrent=2, name="prefix",
+                         storage_path=str(tmp_path), objective="pareto", grace_period=1, reduction_factor=2,
+                         max_failures=0, verbose=0)
+    summary = run_search(opts)
+    assert summary.errored == 0 and summary.completed + summary.stopped_early == 2
+    exp = Path(summary.experiment_dir)
+    record = read_search(exp)
+    study = optuna.load_study(study_name=record["study_name"], storage=study_url(record, exp))
+    for trial in study.trials:
+        rows = _rows(exp)[trial.user_attrs[RAY_TRIAL_ATTR]]
+        assert [r["epoch"] for r in rows][:1] == [0] and "sim-CUB/H" not in rows[0]  # the prefix row
+        assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert trial.values == [rows[-1][f"{d}/H"] for d in DATASETS] and rows[-1]["epoch"] >= 1
