@@ -121,7 +121,11 @@ def check_options(opts: SearchOptions) -> None:
         (opts.grace_period >= 1, "--grace-period must be >= 1"),
         (opts.reduction_factor > 1, "--reduction-factor must be > 1"),
         (opts.time_budget is None or opts.time_budget > 0, "--time-budget must be > 0 seconds"),
-        (opts.objective in OBJECTIVES, "--objective must be mean or min"),
+        (opts.objective in OBJECTIVES, "--objective must be mean, min or pareto"),
+        (opts.objective != "pareto" or len(set(opts.resolved_datasets())) >= 2,
+         f"--objective pareto needs 2 datasets or more (a front over one dataset is just its best trial), "
+         f"and --datasets names only {', '.join(dict.fromkeys(opts.resolved_datasets()))}: add datasets or use "
+         "--objective mean"),
         (opts.dataset_runs in DATASET_RUNS, "--dataset-runs must be auto, parallel or sequential"),
         (not (opts.resume and opts.force), "--resume and --force exclude each other: pass one"),
         (opts.max_epochs is None or opts.grace_period <= opts.max_epochs, "--grace-period must not exceed --max-epochs"),

@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaler-fit", choices=["train_rows", "full_trainval"], default=d.scaler_fit,
                    help="feature scaler fitted on the training rows used, or on all trainval rows (reference)")
     p.add_argument("--time-budget", type=float, help="stop starting/continuing trials after this many seconds")
-    p.add_argument("--objective", choices=["mean", "min"], default=d.objective, help="aggregate of H over datasets")
+    p.add_argument("--objective", choices=["mean", "min", "pareto"], default=d.objective,
+                   help="aggregate of H over datasets (mean, min), or pareto: a multi-objective search over each "
+                        "dataset's H (trials still ranked and shown by mean H)")
     p.add_argument("--max-epochs", type=int, help="cap on each run's epochs, all stages together (each stage shortened in proportion)")
     p.add_argument("--grace-period", type=int, default=d.grace_period, help="ASHA: scoring-stage epochs (D2SC: DFG epochs; DRG is an unjudged prefix) before a trial may be stopped")
     p.add_argument("--reduction-factor", type=float, default=d.reduction_factor, help="ASHA reduction factor")

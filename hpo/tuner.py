@@ -23,7 +23,7 @@ from hpo.folder_guard import MARKER, FolderLock
 from hpo.progress import ProgressLines
 from hpo.ranking import is_finished, rank_key
 from hpo.reconcile import reconcile_snapshot
-from hpo.searcher import METRIC, MODE, PruningOptunaSearch, make_scheduler, make_search_alg
+from hpo.searcher import METRIC, MODE, PruningOptunaSearch, make_scheduler, make_search_alg, objective_metrics
 from hpo.trainable import trainable
 from hpo.trial_status import ray_trial_status
 from hpo.trusted_state import SignedSnapshot, load_key, restore_signed_state, sign_tuner
@@ -84,10 +84,11 @@ def make_tuner(opts: SearchOptions, space, ctx, sidecar: Path, record: dict) -> 
         optuna_searcher(internal._tune_config.search_alg).study_url = url
         return tuner
     key = load_key(opts.state_key, create=True)
+    objectives = objective_metrics(ctx.datasets) if opts.objective == "pareto" else None  # one per dataset
     search_alg = make_search_alg(space, searcher=opts.searcher, seed=opts.seed, num_samples=opts.num_samples,
                                  storage_url=url, study_name=record["study_name"],
-                                 max_concurrent=opts.max_concurrent)
-    scheduler = make_scheduler(opts.scheduler, max_t=opts.max_epochs or NO_CAP_MAX_T,
+                                 max_concurrent=opts.max_concurrent, objectives=objectives)
+    scheduler = make_scheduler(opts.scheduler, max_t=opts.max_epochs or NO_CAP_MAX_T, objectives=objectives,
                                grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
     tuner = tune.Tuner(
         fn,
@@ -185,7 +186,7 @@ def print_start(opts: SearchOptions, ctx, sidecar: Path, record: dict) -> None:
     exp = experiment_dir(opts)
     kind = "simulated" if all(d.startswith("sim-") for d in ctx.datasets) else "real"
     print(f"zsl-hpo search '{opts.experiment_name()}': model {ctx.model} (preset {ctx.preset}, run profile {ctx.profile or 'as written'}), datasets "
-          f"{', '.join(ctx.datasets)} ({kind} data, protocol {ctx.protocol}), objective {ctx.objective} H"
+          f"{', '.join(ctx.datasets)} ({kind} data, protocol {ctx.protocol}), objective {objective_words(ctx.objective)}"
           + (f" of {ctx.seeds} fused seeds per run" if ctx.seeds > 1 else ""))
     share = f"{ctx.cpus_per_run:g} CPU" + (f" + {ctx.gpus_per_run:g} GPU" if ctx.gpus_per_run else "")
     print(f"trials:      {ctx.dataset_runs} dataset runs"
@@ -194,6 +195,13 @@ def print_start(opts: SearchOptions, ctx, sidecar: Path, record: dict) -> None:
     print(f"optuna:      {study_url(record, sidecar)}")
     print(f"tensorboard: tensorboard --logdir {exp}")
     sys.stdout.flush()
+
+
+def objective_words(objective: str) -> str:
+    """How the start line names the objective: "mean H", "min H", or the Pareto search's."""
+    if objective == "pareto":
+        return "pareto (each dataset's H, multi-objective; trials ranked by mean H)"
+    return f"{objective} H"
 
 
 def print_end(summary: SearchSummary, opts: SearchOptions) -> None:
@@ -205,7 +213,8 @@ def print_end(summary: SearchSummary, opts: SearchOptions) -> None:
         print("no trial learned: every finite objective is 0 (H = 0 on some dataset: no unseen class recognised); "
               "the ranking means nothing -- check the space's ranges and the run profile before searching longer")
     elif summary.best_config is not None:
-        print(f"best trial ({opts.objective} H over datasets at its last epoch, validation protocol; "
+        print(f"best trial ({'mean' if opts.objective == 'pareto' else opts.objective} H over datasets at its last "
+              "epoch, validation protocol; "
               f"full runs rank first): {summary.best_objective:.2f}")
         print("best setting: " + json.dumps(summary.best_config, sort_keys=True))
     print(f"tensorboard: tensorboard --logdir {summary.experiment_dir}")
