@@ -95,7 +95,8 @@ def per_dataset_options(opts: SearchOptions) -> list[SearchOptions]:
     budget, named ``<name>-<dataset>`` beside it (where hpo.final_job looks for each dataset's own best)."""
     from hpo.final_job import per_dataset_experiment
 
-    return [replace(opts, datasets=[d], per_dataset=False, profile=opts.resolved_profile(),
+    objective = "mean" if opts.objective == "pareto" else opts.objective  # one dataset: one objective
+    return [replace(opts, datasets=[d], per_dataset=False, profile=opts.resolved_profile(), objective=objective,
                     name=per_dataset_experiment(opts.experiment_name(), d),
                     class_embedding=class_embeddings(opts)[d])
             for d in opts.resolved_datasets()]
@@ -211,6 +212,8 @@ def class_embeddings(opts: SearchOptions) -> dict:
     """``--class-embedding``: one embedding for every dataset ("att"), or a default plus per-dataset ones
     ("att,CUB:sent"; a base name such as CUB also names sim-CUB) -> {dataset: embedding}."""
     datasets, default, per = opts.resolved_datasets(), "att", {}
+    if len(set(datasets)) != len(datasets):
+        raise UserError("--datasets lists a dataset twice: list each once.")
     for item in [x.strip() for x in opts.class_embedding.split(",") if x.strip()]:
         name, sep, kind = item.rpartition(":")
         if kind not in CLASS_EMBEDDINGS:
@@ -224,8 +227,6 @@ def class_embeddings(opts: SearchOptions) -> dict:
                             f"({', '.join(datasets)}).")
         per.update({d: kind for d in matches})
     return {d: per.get(d, default) for d in datasets}
-    if len(set(opts.resolved_datasets())) != len(opts.resolved_datasets()):
-        raise UserError("--datasets lists a dataset twice: list each once.")
 
 
 def storage_root(opts: SearchOptions) -> str:

@@ -100,15 +100,17 @@ def plot_top_trials(top: list[TrialRecord], datasets: list[str], path: Path, lab
 
 
 def plot_importances(record: dict, path: Path) -> dict:
-    """Optuna fANOVA parameter importances over completed trials (skipped below 4); returns them."""
+    """Optuna fANOVA parameter importances over completed trials (skipped below 4) for the objective -- the mean
+    of the per-dataset H under ``--objective pareto``; returns them."""
     import optuna
 
     study = optuna.load_study(study_name=record["study_name"], storage=record["study_url"])
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(completed) < 4 or len({t.value for t in completed}) < 2:  # e.g. every trial scored 0: nothing to explain
+    mean = lambda t: sum(t.values) / len(t.values)  # noqa: E731  (one value, or one per dataset under pareto)
+    if len(completed) < 4 or len({mean(t) for t in completed}) < 2:  # e.g. every trial scored 0: nothing to explain
         return {}
     try:
-        importances = optuna.importance.get_param_importances(study)
+        importances = optuna.importance.get_param_importances(study, target=mean if len(study.directions) > 1 else None)
     except (RuntimeError, ValueError):  # e.g. a single distinct setting
         return {}
     import matplotlib
@@ -161,13 +163,14 @@ def _write_report(exp: Path, top_k: int, out: str, shown: str) -> Path:
     replay = f"--seed {ctx.seed} --data-seed {ctx.data_seed}" + (
         f" (trials were capped at {ctx.max_epochs} epochs: add --epochs to match)" if ctx.max_epochs else "")
     write_yaml(folder / "best_setting.yaml", setting_doc(ctx, best.config), replay,
-               f"best shared setting of {exp.name} ({ctx.objective} H over datasets, validation protocol, {label})")
+               f"best shared setting of {exp.name} ({objective_words(ctx.objective)}, validation protocol, {label})")
     for d, trial in per_dataset.items():
         write_yaml(folder / f"best_{d}.yaml", {**setting_doc(ctx, trial.config), "dataset": d}, replay,
                    f"best trial of {exp.name} on {d} H (validation protocol, {label})")
     plot_best_so_far(trials, folder / "best_so_far.png", label)
     plot_top_trials(top, ctx.datasets, folder / "top_trials_h.png", label)
     importances = plot_importances(record, folder / "importances.png")
+    pareto = pareto_view(trials, ctx, best, settings_published(space), folder, label)
     final = read_final(exp)
     sections = answer_sections(final, ctx, label, folder, shown) if final else [
         "## Final evaluation", "", "Not run yet: `python hpo/final.py " + shown + "` retrains the best shared setting, "
@@ -175,10 +178,31 @@ def _write_report(exp: Path, top_k: int, out: str, shown: str) -> Path:
         "and tests them once, as Ray trials; then run this report again.", ""]
     if final:
         atomic_write_text(folder / "final.json", json.dumps(final_document(final, ctx, kind), indent=2))
-    text = render(exp, ctx, label, trials, top, per_dataset, importances, sections)
+    text = render(exp, ctx, label, trials, top, per_dataset, importances, pareto + [""] + sections)
     (folder / "report.md").write_text(text)
     print(text)
     return folder
+
+
+def settings_published(space) -> dict:
+    """The published point of ``space`` over its fixed constants: the params a trial of it is given."""
+    from hpo.spaces import published_point
+
+    return {**{p.name: p.value for p in space.params if p.kind == "fixed"}, **published_point(space)}
+
+
+def pareto_view(trials, ctx: SearchContext, best, published: dict, folder: Path, label: str) -> list[str]:
+    """The Pareto section (hpo.pareto) over the trials that ran their whole budget, their last-epoch validation H
+    per dataset; the shared best and the published point's trial (when it ran its whole budget) are marked."""
+    from hpo.pareto import pareto_section
+
+    def h(t):
+        return {d: t.last.get(f"{d}/H") for d in ctx.datasets}
+
+    full = [t for t in trials if t.finished]
+    marked = {"best shared (mean H)": h(best)}
+    marked.update({"published": h(t) for t in full if t.config == published})
+    return pareto_section({t.name.split("_")[1]: h(t) for t in full}, ctx.datasets, marked, folder, label)
 
 
 def write_yaml(path: Path, doc: dict, replay: str, comment: str) -> None:
@@ -208,7 +232,7 @@ def render(exp: Path, ctx: SearchContext, label: str, trials, top, per_dataset, 
         else f"seed {ctx.seed}"
     lines = [f"# Search report: {exp.name} ({label})", "",
              f"Model {ctx.model} (preset {ctx.preset}), datasets {', '.join(ds)} -- {label}, "
-             f"objective = {ctx.objective} H over datasets. Trials: {len(trials)} "
+             f"objective = {objective_words(ctx.objective)}. Trials: {len(trials)} "
              f"({', '.join(f'{v} {k}' for k, v in counts.items())}).", "",
              "## Leaderboard (protocol: validation -- scored on held-out trainval, never test images)", "",
              f"Each run: {seeds}, data seed {ctx.data_seed}; class embedding "
@@ -233,6 +257,13 @@ def render(exp: Path, ctx: SearchContext, label: str, trials, top, per_dataset, 
     lines += sections
     lines += ["Plots: best_so_far.png, top_trials_h.png" + (", importances.png" if importances else "") + "."]
     return "\n".join(lines) + "\n"
+
+
+def objective_words(objective: str) -> str:
+    """How a search's objective reads in the report."""
+    if objective == "pareto":
+        return "each dataset's H (multi-objective; ranked here by mean H)"
+    return f"{objective} H over datasets"
 
 
 def _h_cell(last: dict, dataset: str) -> str:
