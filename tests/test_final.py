@@ -208,3 +208,7 @@ def test_per_dataset_searches_keep_the_shared_profile_and_embedding():
     assert {o.profile for o in owns} == {"demo"}  # the embedded default's profile, although --datasets is now set
     assert [o.class_embedding for o in owns] == ["att", "sent", "att"]
     assert replace(owns[0], per_dataset=True).per_dataset
+    pareto = per_dataset_options(SearchOptions(space="d2sc", objective="pareto"))
+    assert {o.objective for o in pareto} == {"mean"}  # one dataset: one objective
+    with pytest.raises(UserError, match="lists a dataset twice"):
+        per_dataset_options(SearchOptions(space="d2sc", datasets=["sim-AWA2", "sim-AWA2"]))
