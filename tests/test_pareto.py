@@ -299,6 +299,12 @@ def test_pareto_search_end_to_end(ray_session, tmp_path, monkeypatch):
             assert tuple(row[f"{x}/H"] for x in DATASETS) == d["values"] and d["epoch"] == rung
     finished = [rows[t.user_attrs[RAY_TRIAL_ATTR]][-1]["objective"] for t in by_state[TrialState.COMPLETE]]
     assert summary.best_objective == pytest.approx(max(finished))  # Ray's metric stays the mean H
+    from hpo.report import write_report
+
+    text = (write_report(str(exp), top_k=3) / "report.md").read_text()  # the report reads a multi-objective study
+    assert "objective = each dataset's H (multi-objective" in text and "## Pareto view (validation protocol" in text
+    assert f"Over the {summary.completed} completed trials" in text and "One setting? The compromise" in text
+    assert (exp / "report" / f"pareto_{DATASETS[0]}_{DATASETS[1]}.png").is_file()
 
 
 def test_pareto_search_with_a_prefix_stage(ray_session, tmp_path):
