@@ -280,9 +280,11 @@ def new_plan(opts: FinalOptions, record: dict) -> dict:
 def run_final(opts: FinalOptions) -> FinalSummary:
     """The whole final evaluation (new, or ``--resume``d); returns its summary. The driver only schedules."""
     from hpo.folder_guard import FolderLock
-    from hpo.storage import is_remote
+    from hpo.storage import is_remote, local_path
 
     check_final_options(opts)
+    if not is_remote(opts.experiment):  # ~, relative paths and file:// URIs: one absolute folder from here on
+        opts = replace(opts, experiment=str(local_path(opts.experiment)))
     start = time.perf_counter()
     record = _search_record(opts.experiment)
     final_dir = opts.final_dir()
