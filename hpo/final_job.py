@@ -162,6 +162,13 @@ def plan_runs(settings: dict, seeds: list[int]) -> list[dict]:
     return list(runs.values())
 
 
+def labelled(run: dict) -> dict:
+    """A planned run with the strings TensorBoard's HParams show beside its params: its settings, the protocol
+    and whether its data is simulated."""
+    kind = "simulated" if run["dataset"].startswith("sim-") else "real"
+    return {**run, "setting": ", ".join(run["settings"]), "protocol": "final", "data": kind}
+
+
 def run_label(run: dict) -> str:
     """A folder-safe label of a run: its first setting, dataset and seed."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", run["settings"][0]).strip("-")
@@ -272,7 +279,7 @@ def new_plan(opts: FinalOptions, record: dict) -> dict:
     device = opts.device if opts.device != "auto" else ("cuda" if gpus > 0 else "cpu")
     return {"format": PLAN_FORMAT, "final_id": uuid.uuid4().hex, "search_experiment_id": record.get("experiment_id"),
             "protocol": "final", "selection": SELECTION_RULE, "seeds": seeds, "settings": settings, "notes": notes,
-            "runs": plan_runs(settings, seeds), "inflation": opts.inflation,
+            "runs": [labelled(run) for run in plan_runs(settings, seeds)], "inflation": opts.inflation,
             "resources": {"cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": gpus, "device": device},
             "context": ctx.to_dict(), **provenance()}
 
