@@ -23,6 +23,7 @@ from hpo.final_job import FinalOptions, plan_runs, run_final
 from hpo.final_results import mean_sd, objective_by_seed, paired_gap, seed_result
 from hpo.tuner import run_search
 from search_fixtures import eszsl_space
+from test_search import _hparams
 from zsl.errors import UserError
 from zsl.practice import PracticeView, best_view
 from zsl.run import Run, RunSpec
@@ -148,6 +149,7 @@ def test_final_runs_as_ray_trials_on_their_gpu_share_and_the_report_answers(sear
         assert [r["epoch"] for r in rows] == [1, 2, 3] and all("practice/H_view" in r for r in rows)
         assert last["provenance"]["protocol"] == "final" and last["provenance"]["data"] == "simulated"
         assert last["provenance"]["seed"] == json.loads((trial / "params.json").read_text())["run"]["seed"]
+    assert {"run/setting", "run/protocol", "run/data", "run/dataset", "run/seed"} <= set(_hparams(trials[0])[1])
     folder = write_report(str(searched), top_k=2)
     text = (folder / "report.md").read_text()
     for heading in ("## Final evaluation (protocol final", "## Seed spread", "## The price of one shared setting",
