@@ -32,6 +32,26 @@ def test_region_request_reads_only_models_that_ask():
         region_request({**FAST, "region_features": "max"})
 
 
+def test_word_vectors_file_is_read_and_checked(sim_cache, monkeypatch, tmp_path):
+    calls = []
+    train = sovr_module.train_sovr
+
+    def spy(*args, **kw):
+        calls.append(args[-1] if len(args) > 8 else kw.get("word_vectors"))
+        return train(*args, **kw)
+
+    monkeypatch.setattr(sovr_module, "train_sovr", spy)
+    vectors = np.random.default_rng(0).random((85, 300)).astype(np.float32)
+    np.save(tmp_path / "w2v.npy", vectors)
+    _load(sim_cache, region_word_vectors=str(tmp_path / "w2v.npy"))
+    assert np.array_equal(calls[0], vectors)
+    np.save(tmp_path / "bad.npy", vectors[:80])
+    with pytest.raises(UserError, match=r"has shape \(80, 300\).*\[85, E\]"):
+        _load(sim_cache, region_word_vectors=str(tmp_path / "bad.npy"))
+    with pytest.raises(UserError, match="not a readable .npy"):
+        _load(sim_cache, region_word_vectors="missing.npy")
+
+
 def test_region_fields_mirror_sovr_config():
     fields = {f.name: f.default for f in dataclasses.fields(RegionFields) if f.name.startswith("sovr_")}
     assert fields == {"sovr_" + k: v for k, v in dataclasses.asdict(SOVRConfig()).items()}

@@ -55,12 +55,15 @@ class RegionFields:
 
     region_tag: "" = the pooled res101 features (nothing changes); otherwise the tag of
     ``<dataset folder>/regions_<tag>.npy`` (simulated datasets: ``sim-g<g>``, generated on demand).
-    region_features: sovr | mean | global (module docstring).  ``sovr_<name>``: field <name> of
-    zsl.models.sovr.SOVRConfig (the defaults are the same).
+    region_features: sovr | mean | global (module docstring).  region_word_vectors: "" = ARA's fixed random
+    init (zsl.models.sovr.attribute_vectors), else an .npy [A, E] of attribute word vectors in att_splits.mat's
+    attribute order (e.g. the 300-d vectors the reference ships), a path relative to the dataset folder or
+    absolute.  ``sovr_<name>``: field <name> of zsl.models.sovr.SOVRConfig (the defaults are the same).
     """
 
     region_tag: str = ""
     region_features: str = "sovr"
+    region_word_vectors: str = ""
     sovr_fde: str = "joint"
     sovr_pre_iters: int = 1101
     sovr_pre_bs: int = 50
@@ -83,6 +86,7 @@ class RegionRequest:
     tag: str
     features: str
     sovr: object
+    word_vectors: str = ""
 
 
 def region_request(config: dict) -> RegionRequest | None:
@@ -104,7 +108,7 @@ def region_request(config: dict) -> RegionRequest | None:
                         f"{', '.join(SOVR_PREFIX + k for k in sorted(known))}.")
     sovr = SOVRConfig(**values)
     check_sovr_config(sovr, prefix=SOVR_PREFIX)
-    return RegionRequest(tag=tag, features=features, sovr=sovr)
+    return RegionRequest(tag=tag, features=features, sovr=sovr, word_vectors=config.get("region_word_vectors") or "")
 
 
 def load_region_dataset(
@@ -126,7 +130,8 @@ def load_region_dataset(
     """Like zsl.data.load_dataset (same arguments and split), with x = the requested region features.
 
     request: from :func:`region_request`.  model_seed: SOVR's seed.  device: SOVR's (None = cuda when available).
-    attribute_vectors: ARA's word-vector init [A, E] (None: the fixed random init of zsl.models.sovr).
+    attribute_vectors: ARA's word-vector init [A, E] (None: the request's ``word_vectors`` file, else the fixed
+    random init of zsl.models.sovr).
     ``info`` gains ``features`` (e.g. "SOVR-refined regions_vit_b16"), ``regions`` (the sidecar's provenance)
     and, for SOVR, ``sovr`` (config, seed, cache file, stage-1 log); ``sources`` gains ``regions``.
     """
@@ -141,6 +146,8 @@ def load_region_dataset(
     elif request.features == "global":
         x_rows, x_source, label = regions.global_token(rows), regions.path, f"global token of regions_{request.tag}"
     else:
+        if attribute_vectors is None and request.word_vectors:
+            attribute_vectors = read_word_vectors(raw.folder, request.word_vectors, raw.class_emb.shape[1])
         x_rows, x_source, record = refined_features(
             regions, raw.labels, split.train, rows, _attributes(raw), request.sovr, model_seed, device,
             cache_root(cache_dir) / "refined" / name, attribute_vectors)
@@ -167,6 +174,21 @@ def open_regions(name: str, raw, tag: str, seed: int, scale: str, cache_dir=None
         raise UserError(f"region tag '{tag}' names simulated regions but '{name}' is a real dataset: use the tag "
                         f"of your regions_<tag>.npy (see README, 'Region features').")
     return read_regions(raw.folder, tag, raw.labels + 1)
+
+
+def read_word_vectors(folder: Path, name: str, a_dim: int) -> np.ndarray:
+    """The attribute word vectors [A, E] float32 of .npy file ``name`` (relative to the dataset folder, or absolute)."""
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else Path(folder) / path
+    try:
+        vec = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"region_word_vectors {path} is not a readable .npy array ({type(err).__name__}): save the "
+                        f"[A, E] attribute vectors with np.save, or leave region_word_vectors empty.") from None
+    if vec.ndim != 2 or vec.shape[0] != a_dim or not np.issubdtype(vec.dtype, np.floating) or not np.isfinite(vec).all():
+        raise UserError(f"region_word_vectors {path} has shape {vec.shape} ({vec.dtype}) but must be finite floats "
+                        f"[{a_dim}, E], one row per attribute in att_splits.mat's order: save the matching vectors.")
+    return vec.astype(np.float32)
 
 
 def _attributes(raw) -> np.ndarray:
