@@ -121,8 +121,21 @@ def check_fused_seeds(model: str, seeds: int) -> None:
                         f"(one seed per run).")
 
 
-def load_run_data(spec: RunSpec):
-    """The ZSLData of ``spec`` (protocol split, scaling, data options, data seed)."""
+def load_run_data(spec: RunSpec, device: Any = None):
+    """The ZSLData of ``spec`` (protocol split, scaling, data options, data seed).
+
+    A model whose config asks for region features (a non-empty ``region_tag``; zsl.refined.RegionFields) gets
+    x = those features instead of the pooled ones: SOVR-refined (trained on the split's training rows with seed
+    ``spec.seed`` on ``device``, None = cuda when available; cached) or plainly pooled (zsl.refined).
+    """
+    from zsl.refined import load_region_dataset, region_request
+
+    request = region_request(spec.config)
+    if request is not None:
+        return load_region_dataset(
+            spec.dataset, spec.data_root, spec.protocol, seed=spec.data_seed, scale=spec.scale,
+            class_embedding=spec.data.class_embedding, split_percent=spec.data.split_percent,
+            scaler_fit=spec.data.scaler_fit, request=request, model_seed=spec.seed, device=device)
     from zsl.data import load_dataset
 
     return load_dataset(spec.dataset, spec.data_root, spec.protocol, seed=spec.data_seed, scale=spec.scale,
@@ -142,7 +155,7 @@ class Run:
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.spec = spec
-        self.data = data if data is not None else load_run_data(spec)
+        self.data = data if data is not None else load_run_data(spec, device)
         torch.manual_seed(spec.seed)
         check_fused_seeds(spec.model, spec.seeds)
         self.trainer = get_model(spec.model)(spec.config, self.data, device, spec.model_seed)

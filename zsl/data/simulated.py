@@ -223,6 +223,22 @@ def _spread(rng: np.random.Generator, total: int, k: int) -> np.ndarray:
 
 def draw_features(rng: np.random.Generator, original_att: np.ndarray, labels: np.ndarray, dim: int):
     """(x [N, dim], c [N, dim]) float32 non-negative views from the process in the module docstring."""
+    z = draw_latents(rng, original_att, labels)
+    views = []
+    for _ in range(2):
+        proj = (rng.standard_normal((LATENT, dim)) / np.sqrt(LATENT)).astype(np.float32)
+        bias = (0.5 * rng.standard_normal(dim)).astype(np.float32)
+        noise = rng.standard_normal((labels.size, dim), dtype=np.float32)
+        views.append(np.maximum(z @ proj + bias + VIEW_NOISE * noise, 0.0))
+    return views[0], views[1]
+
+
+def draw_latents(rng: np.random.Generator, original_att: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """z [N, LATENT] float32: each image's latent (steps 1-4 of the module docstring), drawn from ``rng``.
+
+    :func:`draw_features` calls it first, so the region renderer (zsl.data.simulated_regions) can replay
+    the same stream and recover the very images of res101.mat.
+    """
     att = original_att / np.maximum(np.linalg.norm(original_att, axis=1, keepdims=True), 1e-12)
     u = (att - att.mean(axis=0)) / att.std()                                     # [K, A]
     a_dim = u.shape[1]
@@ -234,11 +250,4 @@ def draw_features(rng: np.random.Generator, original_att: np.ndarray, labels: np
     h = u @ w_lin + NONLINEAR * np.tanh(u @ w1) @ w2
     h = (h - h.mean(axis=0)) / h.std(axis=0)
     m = h + RESIDUAL * rng.standard_normal(h.shape)                              # [K, L]
-    z = (m[labels] + IMAGE_NOISE * rng.standard_normal((labels.size, LATENT))).astype(np.float32)
-    views = []
-    for _ in range(2):
-        proj = (rng.standard_normal((LATENT, dim)) / np.sqrt(LATENT)).astype(np.float32)
-        bias = (0.5 * rng.standard_normal(dim)).astype(np.float32)
-        noise = rng.standard_normal((labels.size, dim), dtype=np.float32)
-        views.append(np.maximum(z @ proj + bias + VIEW_NOISE * noise, 0.0))
-    return views[0], views[1]
+    return (m[labels] + IMAGE_NOISE * rng.standard_normal((labels.size, LATENT))).astype(np.float32)
