@@ -193,7 +193,7 @@ def final_trainable(config: dict, context: dict) -> None:
     spec = replace(ctx.run_spec(run_doc["params"], run_doc["dataset"], protocol="final"),
                    seed=run_doc["seed"], seeds=1)
     threads = max(1, int(context["cpus_per_trial"]))
-    data = load_run_data(spec)
+    data = load_run_data(spec, context["device"])
     practice = PracticeView(spec, context["device"], threads, data) if context["inflation"] else None
     run = Run(spec, context["device"], threads, data=data)  # built after the twin: trains as it would alone
     checkpoint = tune.get_checkpoint()
