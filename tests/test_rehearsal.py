@@ -61,6 +61,7 @@ def test_each_defect_fails_the_rehearsal(trial, fragment):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a paper-width search, then its final evaluation as a Ray trial with the practice twin
 def test_paper_scale_rehearsal(tmp_path, ray_session):
     """hpo/search.py --space d2sc --rehearse on sim-SUN full (the most classes: the largest evaluation): 3 trials
     of the paper configuration, ASHA, the epoch cap, checkpoints, the final evaluation; exit 0 and the
