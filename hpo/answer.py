@@ -129,10 +129,11 @@ def inflation_table(final: FinalResults, ctx: SearchContext, folder: Path, label
     for name, d, seed, r in rows:
         lines.append(f"| {name} | {d} | {seed} | {r.honest['H']:.2f} | {r.clf:.2f} | {r.view:.2f} | {r.reported:.2f} | "
                      f"{r.reported - r.honest['H']:+.2f} | {r.reported_epoch} |")
-    gaps = [r.reported - r.honest["H"] for *_, r in rows]
+    distinct = {id(r): r for *_, r in rows}.values()  # a run shared by two settings counts once
+    gaps = [r.reported - r.honest["H"] for r in distinct]
     mean, sd, n = mean_sd(gaps)
-    lines += ["", f"Over all {n} runs: practice reports {mean:+.2f} ± {sd:.2f} H points above the honest number "
-              f"(largest {max(gaps):+.2f}). Plot: inflation.png.", ""]
+    lines += ["", f"Over the {n} distinct runs: practice reports {mean:+.2f} ± {sd:.2f} H points above the honest "
+              f"number (largest {max(gaps):+.2f}). Plot: inflation.png.", ""]
     plot_inflation(rows, folder / "inflation.png", label)
     return lines
 
