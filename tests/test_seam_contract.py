@@ -25,6 +25,8 @@ TINY = {
                     "batch_size": 16, "critic_iter": 2, "syn_num": 5, "syn_num_drg": 5, "classifier_epochs": 2}),
     "revcd": (None, {"hidden": 32, "time_dim": 16, "vis_tokens": 4, "vis_dim": 16, "vis_layers": 1, "vis_heads": 2,
                      "timesteps": 50, "sample_steps": 5, "batch_size": 16, "epochs": 4, "lr": 2e-3}),
+    "dkgzsl": (None, {"hidden": 16, "batch_size": 8, "iters_per_pass": 2, "critic_iter": 2, "epochs": 4,
+                      "lr": 1e-3, "feed_lr": 1e-4, "syn_num": 5, "classifier_epochs": 2}),
 }
 SENTINEL = 1.0e6  # the raw feature value of every test image: it would stand out after scaling
 

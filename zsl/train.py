@@ -272,12 +272,15 @@ def format_numbers(values: dict) -> str:
 
 
 def final_table(spec: RunSpec, data, metrics: dict, epochs: int) -> str:
-    """The closing summary: dataset (labelled simulated), protocol, model, S/U/H/ZSL in percent."""
+    """The closing summary: dataset (labelled simulated), protocol, model, S/U/H/ZSL in percent, and the model's
+    ``variant`` line when its evaluation names one (e.g. an ablation run in place of the full method)."""
     dataset = f"{spec.dataset} (simulated)" if data.simulated else spec.dataset
     head = f"{'dataset':<22} {'protocol':<11} {'model':<8} {'epochs':>6} " + " ".join(f"{k:>6}" for k in METRIC_KEYS)
     row = f"{dataset:<22} {spec.protocol:<11} {spec.model:<8} {epochs:>6} " + " ".join(
         f"{metrics[k]:6.2f}" if k in metrics else f"{'-':>6}" for k in METRIC_KEYS)
     lines = [f"Final metrics (percent) on {data.label}:", head, row]
+    if isinstance(metrics.get("variant"), str):
+        lines.append(f"model variant: {metrics['variant']}")
     if spec.seeds > 1:
         lines.append(f"mean of {spec.seeds} fused seeds {spec.seed}..{spec.seed + spec.seeds - 1}; sd over them: "
                      + " ".join(f"{k} {metrics[k + '_sd']:.2f}" for k in METRIC_KEYS if k + "_sd" in metrics))
@@ -305,6 +308,9 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
         print(f"note: {note}", flush=True)
     print(f"data: {data.label}: {len(data.train_y)} train, {len(data.eval_seen_y)} eval-seen, "
           f"{len(data.eval_unseen_y)} eval-unseen rows, {data.feature_dim}-d features", flush=True)
+    variant = getattr(model, "variant", None)  # a model that runs a variant of its method says which
+    if variant:
+        print(f"model: {spec.model}: {variant}", flush=True)
     history: list[dict] = []
     if state is not None:
         try:
@@ -318,7 +324,8 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
     write_yaml(out / "config.yaml", {"model": spec.model, "preset": spec.preset, "dataset": spec.dataset,
                                      "config": spec.config})
     log = RunLog(out / TB_DIR, purge_step=model.epoch + 1 if resume else None)
-    log.text("run", f"{spec.model} on {data.label}, seed {spec.seed}\n\n" + yaml.safe_dump(spec.config))
+    log.text("run", f"{spec.model}{f' ({variant})' if variant else ''} on {data.label}, seed {spec.seed}\n\n"
+             + yaml.safe_dump(spec.config))
     total, bar, stage = model.epochs_total, None, None
     try:
         while model.epoch < total:
@@ -348,7 +355,8 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
         log.close()
     final = history[-1]
     write_json(out / "results.json", {
-        "model": spec.model, "dataset": spec.dataset, "label": data.label, "simulated": data.simulated,
+        "model": spec.model, **({"variant": variant} if variant else {}), "dataset": spec.dataset, "label": data.label,
+        "simulated": data.simulated,
         "protocol": spec.protocol, "seed": spec.seed, "data_seed": spec.data_seed, "scale": spec.scale,
         "data_options": spec.to_dict()["data"], "data_sources": data.info.get("sources"),
         "device": str(device), "epochs": model.epoch, "final": final, "history": history,
@@ -363,7 +371,7 @@ def train_run(spec: RunSpec, device: torch.device, out: Path, eval_every: int, c
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m zsl.train", description="Train and evaluate one model on one dataset (no Ray).")
-    p.add_argument("--model", help="registered model name (eszsl, d2sc, revcd)")
+    p.add_argument("--model", help="registered model name (eszsl, d2sc, revcd, dkgzsl)")
     p.add_argument("--dataset", help="AWA2 | CUB | SUN (need --data-root) or sim-AWA2 | sim-CUB | sim-SUN")
     p.add_argument("--data-root", help="the xlsa17 data folder holding <DATASET>/ (real datasets only)")
     p.add_argument("--preset", help="a preset of the model (zsl/presets/<model>.yaml)")

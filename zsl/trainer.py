@@ -34,6 +34,9 @@ class Trainer(Protocol):
       training order; ``scoring_stage(config)`` names the stage whose scores count (a search ranks and
       stops trials on it; the stages before it are a prefix whose cost counts and whose scores are
       reported under their own names). ``train_epoch()``'s ``stage`` key says which stage an epoch ran.
+    - optional ``variant`` (str attribute): what a run actually is when it is not the full method (e.g. an
+      ablation forced by the data); ``zsl.train`` prints it and saves it in results.json, and a model that has
+      one also returns it as ``evaluate()``'s ``variant`` so that every saved evaluation carries it.
     """
 
     epochs_total: int

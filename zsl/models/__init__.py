@@ -21,6 +21,7 @@ MODELS: dict[str, str] = {
     "eszsl": "zsl.models.eszsl:ESZSL",
     "d2sc": "zsl.models.d2sc:D2SC",
     "revcd": "zsl.models.revcd:RevCD",
+    "dkgzsl": "zsl.models.dkgzsl:DKGZSL",
 }
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
