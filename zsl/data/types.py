@@ -64,7 +64,7 @@ class ZSLData:
         sources = self.info.get("sources", {})
         base = lambda key: sources[key].replace("\\", "/").rsplit("/", 1)[-1] if key in sources else None  # noqa: E731
         return {"dataset": self.name, "protocol": self.protocol, "data": "simulated" if self.simulated else "real",
-                "feature_file": base("x"), "feature_dim": self.feature_dim,
+                "feature_file": self.info.get("features") or base("x"), "feature_dim": self.feature_dim,
                 "second_view_file": base("c"), "second_view_dim": self.second_view_dim,
                 "class_embedding": self.info.get("class_embedding"), "class_embedding_dim": self.emb_dim,
                 "data_seed": self.info.get("seed"), "split_percent": self.info.get("split_percent")}

@@ -34,6 +34,7 @@ from zsl.evaluation import ClassifierConfig, gzsl_evaluate, zsl_evaluate
 from zsl.models import validate_config
 from zsl.models.d2sc_nets import Critic, init_weights
 from zsl.models.dkgzsl_nets import KTN, MFU, Generator, ktn_loss
+from zsl.refined import RegionFields
 from zsl.synthesis import synthesize
 from zsl.trainer import SingleStageEpochs
 
@@ -43,7 +44,7 @@ NETS = ("G", "D", "KTN", "MFU")
 
 
 @dataclass
-class Config:
+class Config(RegionFields):
     """DKGZSL (DKG²N) hyperparameters.  Defaults: the spec's AWA2 values (§6), with each reference
     defect corrected; the reference behaviour stays reachable through a named option (preset ``reference``).
 
@@ -69,6 +70,10 @@ class Config:
       so far (the reference's missing zero_grad, §9.6).
       synthesis_mfu: "full" = synthesis uses the same MFU knowledge as training, K = MLP(D) + n(P a) ⊙ b
       (default, §9.5 [D]); "drop_semantic" = K = MLP(D) at synthesis (the reference).
+    Region features (zsl.refined.RegionFields, inherited)
+      region_tag: "" = the pooled res101 features (the "w/o SOVR" ablation); else regions_<tag> of the dataset
+      (simulated: sim-g<g>), refined by SOVR (region_features "sovr", sovr_* its options) or pooled
+      ("mean" | "global") by the data layer before the run; ``variant`` names which.
     Evaluation (spec §5 stage 4)
       syn_num: synthetic rows per unseen class.  synthesis_chunk: rows per generator call (memory only:
       the rows do not depend on it).  classifier_lr, classifier_epochs (Adam, beta1 0.5).
@@ -182,15 +187,22 @@ class DKGZSL(SingleStageEpochs):
     # ------------------------------------------------------------------ setup
     @property
     def variant(self) -> str:
-        """What this run is, printed and saved with every result: without region features, the
-        "w/o SOVR" ablation on pooled features (spec §2)."""
-        return VARIANT_POOLED
+        """What this run is, printed and saved with every result: with ``region_tag`` and region_features
+        "sovr", the full method on SOVR-refined region features (zsl.refined); with "mean"/"global" pooling of
+        the regions, or without region features (the pooled res101 features), a "w/o SOVR" ablation (spec §2)."""
+        cfg = self.cfg
+        if not cfg.region_tag:
+            return VARIANT_POOLED
+        if cfg.region_features == "sovr":
+            return f"DKGZSL (SOVR-refined regions_{cfg.region_tag}, FDE {cfg.sovr_fde})"
+        return f"DKGZSL w/o SOVR ({cfg.region_features}-pooled regions_{cfg.region_tag})"
 
     def refined_features(self, data: ZSLData) -> tuple:
         """(train, eval-seen, eval-unseen) features the generator learns and the classifier sees, [N_*, C].
 
         Spec §5 stage 2 makes them with SOVR (FDE -> ARA -> mean over attributes -> min-max) from region
-        features.  ZSLData holds pooled features only, so they pass through as the data layer scaled them.
+        features: the data layer does that before the run when ``region_tag`` is set (zsl.refined: trained on
+        the split's training rows, cached), so the features pass through as it scaled them.
         """
         return data.train_x, data.eval_seen_x, data.eval_unseen_x
 
