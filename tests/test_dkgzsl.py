@@ -283,8 +283,10 @@ def test_bad_config_raises_one_sentence(over, match):
         _model(**over)
 
 
-def test_features_outside_the_unit_interval_are_refused():
+def test_features_outside_the_unit_interval_are_refused_and_rounding_is_clamped_on_a_copy():
     data = toy_data()
+    data.train_x[0, 0] = np.float32(1.0 + 2e-6)                     # scaler rounding: clamped, the data untouched
+    assert float(_model(data).train_x.max()) == 1.0 and data.train_x[0, 0] > 1.0
     data.train_x = data.train_x * 3.0
     with pytest.raises(UserError, match=r"\[0, 1\]"):
         _model(data)

@@ -222,7 +222,7 @@ class DKGZSL(SingleStageEpochs):
             raise UserError(f"model 'dkgzsl' needs training features in [0, 1] (its generator and KTN end in a "
                             f"sigmoid), but {data.name}'s span [{low:.3g}, {high:.3g}]: use the data layer's "
                             "min-max scaling.")
-        self.train_x.clamp_(0.0, 1.0)  # float rounding of the scaler only
+        self.train_x = self.train_x.clamp(0.0, 1.0)  # float rounding of the scaler only (never the caller's array)
 
     def _adam(self, name: str) -> torch.optim.Adam:
         """Adam of net ``name``: lr (feed_lr for the MFU), betas (beta1, 0.999)."""
