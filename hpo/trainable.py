@@ -159,6 +159,8 @@ def step_dataset(name: str, run: Run) -> dict:
     out = {f"{name}/{k}": float(scores[k]) for k in ("S", "U", "H", "ZSL")}
     out.update({f"{name}/{k}": float(v) for k, v in scores.items() if _number(v)})  # e.g. other views' H_VC
     out.update({f"{name}/loss/{k}": float(v) for k, v in losses.items() if _number(v)})
+    if isinstance(scores.get("variant"), str):  # a model that runs a variant of its method says which
+        out[f"{name}/variant"] = scores["variant"]
     return {f"{losses.get('stage', 'prefix')}/{k}": v for k, v in out.items()} if prefix else out
 
 
