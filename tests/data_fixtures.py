@@ -86,3 +86,21 @@ def write_tiny(folder: Path, a_dim: int = 85, k: int = 6, per_class: int = 10) -
 def sim_cache(tmp_path_factory):
     """One simulated-data cache per test session (never the user's ~/.cache)."""
     return tmp_path_factory.mktemp("zsl-hpo-cache")
+
+
+SENTINEL = 1.0e6  # the raw feature value of every test image: it would stand out after scaling
+
+
+def write_sentinel_tiny(folder: Path) -> None:
+    """A tiny dataset (write_tiny, 12 images per class) whose test images (test_seen, test_unseen) carry
+    SENTINEL in every feature of both views: a model or evaluation that reads one shows it."""
+    files = write_tiny(folder, per_class=12)
+    sem = files["att_splits.mat"]
+    test_rows = np.concatenate([sem["test_seen_loc"].ravel(), sem["test_unseen_loc"].ravel()]).astype(int) - 1
+    res = files["res101.mat"]
+    feats = res["features"].copy()
+    feats[:, test_rows] = SENTINEL
+    scipy.io.savemat(str(folder / "res101.mat"), {**res, "features": feats})
+    view = files["con_paco.mat"]["features"].copy()
+    view[test_rows] = SENTINEL
+    scipy.io.savemat(str(folder / "con_paco.mat"), {"features": view})

@@ -8,10 +8,9 @@ import json
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
 
-from data_fixtures import write_tiny
+from data_fixtures import write_sentinel_tiny
 from zsl.data.types import ZSLData
 from zsl.errors import UserError
 from zsl.models import make_config, preset_names
@@ -190,20 +189,13 @@ def test_resume_matches_straight_run(mfu_grads):
 
 # ---------------------------------------------------------------- evaluation and honesty
 
-SENTINEL = 1.0e6
 
 
 @pytest.fixture(scope="module")
 def sentinel_root(tmp_path_factory):
     """A tiny xlsa17 folder whose test images (test_seen, test_unseen) carry SENTINEL features."""
     root = tmp_path_factory.mktemp("dkgzsl")
-    files = write_tiny(root / "TINY", per_class=12)
-    sem = files["att_splits.mat"]
-    test_rows = np.concatenate([sem["test_seen_loc"].ravel(), sem["test_unseen_loc"].ravel()]).astype(int) - 1
-    res = files["res101.mat"]
-    feats = res["features"].copy()
-    feats[:, test_rows] = SENTINEL
-    scipy.io.savemat(str(root / "TINY" / "res101.mat"), {**res, "features": feats})
+    write_sentinel_tiny(root / "TINY")
     return str(root)
 
 

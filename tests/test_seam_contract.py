@@ -11,10 +11,9 @@ import io
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
 
-from data_fixtures import write_tiny
+from data_fixtures import write_sentinel_tiny
 from zsl.models import get_model, model_names
 from zsl.run import Run, RunSpec, resolve_config
 
@@ -28,7 +27,6 @@ TINY = {
     "dkgzsl": (None, {"hidden": 16, "batch_size": 8, "iters_per_pass": 2, "critic_iter": 2, "epochs": 4,
                       "lr": 1e-3, "feed_lr": 1e-4, "syn_num": 5, "classifier_epochs": 2}),
 }
-SENTINEL = 1.0e6  # the raw feature value of every test image: it would stand out after scaling
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,16 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def root(tmp_path_factory):
     """A tiny xlsa17 folder whose test images (test_seen, test_unseen) carry SENTINEL features."""
     root = tmp_path_factory.mktemp("contract")
-    files = write_tiny(root / "TINY", per_class=12)
-    sem = files["att_splits.mat"]
-    test_rows = np.concatenate([sem["test_seen_loc"].ravel(), sem["test_unseen_loc"].ravel()]).astype(int) - 1
-    res = files["res101.mat"]
-    feats = res["features"].copy()
-    feats[:, test_rows] = SENTINEL
-    scipy.io.savemat(str(root / "TINY" / "res101.mat"), {**res, "features": feats})
-    view = files["con_paco.mat"]["features"].copy()
-    view[test_rows] = SENTINEL
-    scipy.io.savemat(str(root / "TINY" / "con_paco.mat"), {"features": view})
+    write_sentinel_tiny(root / "TINY")
     return str(root)
 
 
