@@ -275,19 +275,26 @@ def new_plan(opts: FinalOptions, record: dict) -> dict:
         settings = {k: v for k, v in settings.items() if k in opts.settings}
     first = ctx.seed if opts.first_seed is None else opts.first_seed
     seeds = [first + k for k in range(opts.seeds)]
-    gpus = record["options"].get("gpus_per_trial", 0.0) if opts.gpus_per_trial is None else opts.gpus_per_trial
-    device = opts.device if opts.device != "auto" else ("cuda" if gpus > 0 else "cpu")
     return {"format": PLAN_FORMAT, "final_id": uuid.uuid4().hex, "search_experiment_id": record.get("experiment_id"),
             "protocol": "final", "selection": SELECTION_RULE, "seeds": seeds, "settings": settings, "notes": notes,
             "runs": [labelled(run) for run in plan_runs(settings, seeds)], "inflation": opts.inflation,
-            "resources": {"cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": gpus, "device": device},
+            "resources": plan_resources(opts, record),
             "context": ctx.to_dict(), **provenance()}
+
+
+def plan_resources(opts: FinalOptions, record: dict) -> dict:
+    """Each run's CPUs, GPU share (default: the search's) and device (auto: cuda with a GPU share)."""
+    gpus = record["options"].get("gpus_per_trial", 0.0) if opts.gpus_per_trial is None else opts.gpus_per_trial
+    device = opts.device if opts.device != "auto" else ("cuda" if gpus > 0 else "cpu")
+    return {"cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": gpus, "device": device}
 
 
 def run_final(opts: FinalOptions) -> FinalSummary:
     """The whole final evaluation (new, or ``--resume``d); returns its summary. The driver only schedules."""
+    from hpo.experiment import SearchOptions
     from hpo.folder_guard import FolderLock
     from hpo.storage import is_remote, local_path
+    from hpo.tuner import init_ray
 
     check_final_options(opts)
     if not is_remote(opts.experiment):  # ~, relative paths and file:// URIs: one absolute folder from here on
@@ -297,6 +304,9 @@ def run_final(opts: FinalOptions) -> FinalSummary:
     final_dir = opts.final_dir()
     lock_folder = Path(f"{Path(final_dir).parent.name}.final.hpo").resolve() if is_remote(final_dir) else Path(final_dir)
     with FolderLock(lock_folder, f"final evaluation {final_dir}"):
+        saved = read_plan(final_dir) if opts.resume else None
+        init_ray(SearchOptions(address=opts.address, verbose=opts.verbose))
+        check_local_resources(opts, saved["resources"] if saved else plan_resources(opts, record))  # before any delete
         plan = _prepare(opts, record, final_dir)
         tuner = _tuner(opts, plan, final_dir)
         if opts.verbose:
@@ -358,11 +368,9 @@ def _prepare(opts: FinalOptions, record: dict, final_dir: str) -> dict:
 
 def _tuner(opts: FinalOptions, plan: dict, final_dir: str):
     """A new Tuner over the plan's runs, or the restored one (--resume): finished runs are kept."""
-    from hpo.tuner import init_ray, ray_verbosity
-    from hpo.experiment import SearchOptions
+    from hpo.tuner import ray_verbosity
     from hpo.trusted_state import SignedSnapshot, load_key, sign_tuner
 
-    init_ray(SearchOptions(address=opts.address, verbose=opts.verbose))
     resources = plan["resources"]
     context = {"search": plan["context"], "inflation": plan["inflation"], "device": resources["device"],
                "cpus_per_trial": resources["cpus_per_trial"]}
@@ -387,6 +395,23 @@ def _tuner(opts: FinalOptions, plan: dict, final_dir: str):
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=callbacks))
     sign_tuner(final_dir, key, plan["final_id"])
     return tuner
+
+
+def check_local_resources(opts: FinalOptions, resources: dict) -> None:
+    """Without --address the job runs on this machine's Ray: a run asking for more CPUs or GPUs than it has would
+    wait forever, so refuse it (a cluster may still be scaling up, so it is not checked there)."""
+    import ray
+
+    if opts.address:
+        return
+    have = ray.cluster_resources()
+    for key, flag in (("CPU", "--cpus-per-trial"), ("GPU", "--gpus-per-trial")):
+        asked = resources[f"{key.lower()}s_per_trial"]
+        if asked > have.get(key, 0.0):
+            hint = " (the search's; pass --gpus-per-trial 0 to test on CPUs)" if key == "GPU" else ""
+            raise UserError(f"{flag} {asked:g}{hint}: this machine's Ray has {have.get(key, 0.0):g} {key}(s) and no "
+                            f"--address names a cluster, so no run could start: ask for less, or join a cluster "
+                            f"with --address.")
 
 
 class FinalProgress(tune.Callback):

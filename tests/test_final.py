@@ -200,6 +200,7 @@ def test_bad_final_options_are_one_sentence(searched, tmp_path):
     assert main([str(tmp_path / "nothing")]) == 2
     assert main([str(searched), "--seeds", "0"]) == 2
     assert main([str(searched), "--force", "--settings", "best on Mars"]) == 2
+    assert main([str(searched), "--force", "--gpus-per-trial", "2"]) == 2  # this Ray declares one GPU
     assert not (tmp_path / "nothing").exists() and (searched / "final" / "final-plan.json").is_file()  # nothing lost
 
 
