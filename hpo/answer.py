@@ -177,7 +177,8 @@ def provenance_table(final: FinalResults, ctx: SearchContext) -> list[str]:
         p = seen.get(d)
         if p:
             second = f"{p['second_view_file']} ({p['second_view_dim']})" if p.get("second_view_file") else "none"
-            lines.append(f"| {d} | {p['data']} | {p['feature_file']} ({p['feature_dim']}) | {second} | "
+            features = p["feature_file"] if p.get("features", "pooled") == "pooled" else f"{p['features']}: {p['feature_file']}"
+            lines.append(f"| {d} | {p['data']} | {features} ({p['feature_dim']}) | {second} | "
                          f"{p['class_embedding']} ({p['class_embedding_dim']}) | {p['data_seed']} | {p['split_percent']} | "
                          f"{p['protocol']} |")
     return lines + ["", f"Model {ctx.model}, preset {ctx.preset}; device {final.plan['resources']['device']}; "

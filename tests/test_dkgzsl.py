@@ -335,7 +335,7 @@ def test_region_features_reach_the_model_through_the_run_engine_and_the_variant_
                                                        "region_features": "mean"})
     run = Run(RunSpec("dkgzsl", "sim-AWA2", None, "validation", 0, 0, "small", None, config), "cpu", 1)
     assert run.trainer.variant == "DKGZSL w/o SOVR (mean-pooled regions_sim-g4)"
-    assert run.data.provenance()["feature_file"] == "mean-pooled regions_sim-g4"
+    assert run.data.provenance()["features"] == "mean-pooled regions_sim-g4"
     assert run.run_to_end()["variant"] == run.trainer.variant
     assert _model().variant == VARIANT_POOLED  # no region_tag: the pooled res101 features, as before
     assert _model(region_tag="sim-g4").variant == "DKGZSL (SOVR-refined regions_sim-g4, FDE joint)"

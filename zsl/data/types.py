@@ -59,12 +59,14 @@ class ZSLData:
         return self.train_c is not None
 
     def provenance(self) -> dict:
-        """What a number computed on this data rests on: protocol, real/simulated, feature file and dimension,
+        """What a number computed on this data rests on: protocol, real/simulated, the features (pooled, or e.g.
+        SOVR-refined region features), their file and dimension,
         second view, class embedding and its dimension, data seed and split percent."""
         sources = self.info.get("sources", {})
         base = lambda key: sources[key].replace("\\", "/").rsplit("/", 1)[-1] if key in sources else None  # noqa: E731
         return {"dataset": self.name, "protocol": self.protocol, "data": "simulated" if self.simulated else "real",
-                "feature_file": self.info.get("features") or base("x"), "feature_dim": self.feature_dim,
+                "features": self.info.get("features") or "pooled", "feature_file": base("x"),
+                "feature_dim": self.feature_dim,
                 "second_view_file": base("c"), "second_view_dim": self.second_view_dim,
                 "class_embedding": self.info.get("class_embedding"), "class_embedding_dim": self.emb_dim,
                 "data_seed": self.info.get("seed"), "split_percent": self.info.get("split_percent")}
