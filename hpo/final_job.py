@@ -113,7 +113,7 @@ def chosen_settings(exp_dir: str, record: dict) -> tuple[dict, list[str]]:
     finished best trial and searched the same space for the same model; otherwise a note says why it is missing.
     """
     from hpo.experiment import SearchOptions, read_search, specialised_space
-    from hpo.spaces import published_point
+    from hpo.spaces import published_params
     from hpo.trials import local_experiment
 
     ctx = SearchContext(**record["context"])
@@ -121,10 +121,9 @@ def chosen_settings(exp_dir: str, record: dict) -> tuple[dict, list[str]]:
     best = best_trial_params(exp_dir)
     if best is None:
         raise UserError(f"no trial of {exp_dir} reported a finite objective: there is no best setting to evaluate.")
-    constants = {p.name: p.value for p in space.params if p.kind == "fixed"}
     settings = {
         "best shared": {"params": best[0], "datasets": list(ctx.datasets), "source": f"trial {best[1]}"},
-        "published": {"params": {**constants, **published_point(space)}, "datasets": list(ctx.datasets),
+        "published": {"params": published_params(space), "datasets": list(ctx.datasets),
                       "source": f"the published point of space {space.name}"},
     }
     notes = []
@@ -151,15 +150,19 @@ def chosen_settings(exp_dir: str, record: dict) -> tuple[dict, list[str]]:
 
 def plan_runs(settings: dict, seeds: list[int]) -> list[dict]:
     """One run per distinct (params, dataset, seed) over ``settings``; each names the settings it serves."""
-    runs: dict[str, dict] = {}
+    runs: dict[tuple, dict] = {}
     for name, setting in settings.items():
         for dataset in setting["datasets"]:
             for seed in seeds:
-                key = json.dumps([setting["params"], dataset, seed], sort_keys=True)
-                run = runs.setdefault(key, {"params": setting["params"], "dataset": dataset, "seed": seed,
-                                            "settings": []})
+                run = {"params": setting["params"], "dataset": dataset, "seed": seed, "settings": []}
+                run = runs.setdefault(run_key(run), run)
                 run["settings"].append(name)
     return list(runs.values())
+
+
+def run_key(run: dict) -> tuple:
+    """What makes a run: its params, dataset and seed (a plan trains each distinct key once)."""
+    return json.dumps(run.get("params"), sort_keys=True), run.get("dataset"), run.get("seed")
 
 
 def labelled(run: dict) -> dict:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpo.final_job import FINAL_NAME, PLAN_FILE, read_plan
+from hpo.final_job import FINAL_NAME, PLAN_FILE, read_plan, run_key
 from hpo.trials import read_trials
 
 CONFIDENCE = 0.95
@@ -62,19 +62,13 @@ def read_final(exp: Path) -> FinalResults | None:
     by_key = {}
     for trial in read_trials(folder):
         run = trial.config.get("run", {})
-        by_key[_run_key(run)] = seed_result(trial.rows, trial.outcome())
+        by_key[run_key(run)] = seed_result(trial.rows, trial.outcome())
     by_setting: dict = {}
     for run in plan["runs"]:
-        result = by_key.get(_run_key(run), SeedResult(None, "not run"))
+        result = by_key.get(run_key(run), SeedResult(None, "not run"))
         for name in run["settings"]:
             by_setting.setdefault(name, {}).setdefault(run["dataset"], {})[run["seed"]] = result
     return FinalResults(plan, by_setting)
-
-
-def _run_key(run: dict) -> tuple:
-    import json
-
-    return json.dumps(run.get("params"), sort_keys=True), run.get("dataset"), run.get("seed")
 
 
 def seed_result(rows: list[dict], outcome: str) -> SeedResult:

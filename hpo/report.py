@@ -29,6 +29,7 @@ import yaml  # noqa: E402
 
 from hpo.experiment import (SEARCH_FILE, STUDY_FILE, SearchOptions, atomic_write_text, read_search,  # noqa: E402
                             specialised_space, study_url)
+from hpo.spaces import published_params  # noqa: E402
 from hpo.storage import is_remote, local_path  # noqa: E402
 from zsl.models import base_dataset_name  # noqa: E402
 from hpo.trainable import SearchContext  # noqa: E402
@@ -170,7 +171,7 @@ def _write_report(exp: Path, top_k: int, out: str, shown: str) -> Path:
     plot_best_so_far(trials, folder / "best_so_far.png", label)
     plot_top_trials(top, ctx.datasets, folder / "top_trials_h.png", label)
     importances = plot_importances(record, folder / "importances.png")
-    pareto = pareto_view(trials, ctx, best, settings_published(space), folder, label)
+    pareto = pareto_view(trials, ctx, best, published_params(space), folder, label)
     final = read_final(exp)
     sections = answer_sections(final, ctx, label, folder, shown) if final else [
         "## Final evaluation", "", "Not run yet: `python hpo/final.py " + shown + "` retrains the best shared setting, "
@@ -182,13 +183,6 @@ def _write_report(exp: Path, top_k: int, out: str, shown: str) -> Path:
     (folder / "report.md").write_text(text)
     print(text)
     return folder
-
-
-def settings_published(space) -> dict:
-    """The published point of ``space`` over its fixed constants: the params a trial of it is given."""
-    from hpo.spaces import published_point
-
-    return {**{p.name: p.value for p in space.params if p.kind == "fixed"}, **published_point(space)}
 
 
 def pareto_view(trials, ctx: SearchContext, best, published: dict, folder: Path, label: str) -> list[str]:

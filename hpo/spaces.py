@@ -375,3 +375,8 @@ def published_point(space: Space) -> dict:
     chosen.update(space.published)
     return {p.name: space.published[p.name] for p in space.params
             if p.kind != "fixed" and p.name in space.published and active(p, chosen)}
+
+
+def published_params(space: Space) -> dict:
+    """The params a trial of the published setting is given: the space's fixed constants and its published point."""
+    return {**{p.name: p.value for p in space.params if p.kind == "fixed"}, **published_point(space)}
